@@ -1,0 +1,56 @@
+"""What preprocessing hands to generation: the model's conditioning as in-memory arrays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+Mode = Literal["animation", "replacement"]
+
+
+@dataclass(frozen=True)
+class PreprocessOptions:
+    """User options that shape the conditioning (names match the app's inputs)."""
+
+    mode: Mode = "animation"
+    # Target area is width*height; the aspect comes from the input (official rule), each side
+    # floored to a multiple of 16.
+    resolution_width: int = 1280
+    resolution_height: int = 720
+    fps: float = 30.0  # -1 keeps the source rate
+    retarget_flag: bool = False
+    use_flux: bool = False
+    mask_iterations: int = 3
+    mask_kernel_size: int = 7
+    mask_w_subdivisions: int = 1
+    mask_h_subdivisions: int = 1
+
+
+@dataclass
+class Conditioning:
+    """The model inputs for one driving video, all RGB, all frames at the same rate.
+
+    T is the number of output frames (the driving video resampled to `fps`), H x W the output size
+    (multiples of 16).
+    """
+
+    pose_frames: np.ndarray  # (T, H, W, 3) uint8: skeleton drawings on black
+    face_frames: np.ndarray  # (T, 512, 512, 3) uint8: face crops of the driving person
+    reference: np.ndarray  # (H, W, 3) uint8: the character image, letterboxed to H x W
+    fps: float  # frame rate of all the arrays above (and of the output video)
+    background_frames: np.ndarray | None = None  # (T, H, W, 3) uint8, replacement only: person region zeroed
+    mask_frames: np.ndarray | None = None  # (T, H, W) uint8 in {0, 1}, replacement only: 1 = region to regenerate
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.pose_frames.shape[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.pose_frames.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.pose_frames.shape[2])

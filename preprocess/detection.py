@@ -31,6 +31,8 @@ IOU_THRESHOLD = 0.5
 SHAPE_RATIO = 0.4  # a person box whose longest side is under 0.4x the longest is not chosen
 PERSON_CLASS = 0  # COCO "person"
 
+Providers = list[str | tuple[str, dict]]  # onnxruntime execution providers, optionally with options
+
 
 class PersonDetector(Protocol):
     def __call__(self, frames: np.ndarray) -> np.ndarray:
@@ -38,7 +40,7 @@ class PersonDetector(Protocol):
         ...
 
 
-def default_providers() -> list[str]:
+def default_providers() -> Providers:
     """CUDA first when this onnxruntime build has it, CPU always as fallback."""
     import onnxruntime as ort
 
@@ -48,15 +50,23 @@ def default_providers() -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def open_onnx_session(path: Path, providers: list[str] | None = None):
+def open_onnx_session(path: Path, providers: Providers | None = None):
     """An onnxruntime session on `path` (external-data files are resolved next to it)."""
     import onnxruntime as ort
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"ONNX model not found: {path}")
+    providers = providers or default_providers()
+    if any("CUDA" in (p if isinstance(p, str) else p[0]) for p in providers) and hasattr(ort, "preload_dlls"):
+        try:  # onnxruntime-gpu finds CUDA/cuDNN from the nvidia-* wheels torch installs
+            ort.preload_dlls()
+        except Exception as error:  # missing libraries: onnxruntime falls back to CPU and says so
+            logger.warning("onnxruntime could not preload CUDA libraries: %s", error)
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=providers or default_providers())
+    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    logger.info("onnxruntime %s on %s", Path(path).name, session.get_providers())
+    return session
 
 
 def fixed_batch_size(session) -> int | None:
@@ -134,7 +144,7 @@ def select_largest_person(dets: np.ndarray) -> np.ndarray | None:
 class OnnxPersonDetector:
     """The released YOLOv10m detector (`process_checkpoint/det/yolov10m.onnx`) with official pre/post-processing."""
 
-    def __init__(self, path: Path, providers: list[str] | None = None, max_batch: int = 16) -> None:
+    def __init__(self, path: Path, providers: Providers | None = None, max_batch: int = 16) -> None:
         self.session = open_onnx_session(Path(path), providers)
         self.input_name = self.session.get_inputs()[0].name
         self.batch = fixed_batch_size(self.session) or max_batch

@@ -123,7 +123,7 @@ def fill_missing_faces(crops: np.ndarray, ok: np.ndarray, log: logging.Logger = 
     if ok.all():
         return crops
     missing = [int(i) for i in np.flatnonzero(~ok)]
-    log.warning("no usable face in %d of %d frames (%s): using the nearest frame's face crop",
+    log.warning("no usable face in %d of %d output frames (%s): using the nearest frame's face crop",
                 len(missing), len(ok), _ranges([i + first_frame for i in missing]))  # fmt: skip
     source = nearest_good(ok)
     for i in missing:

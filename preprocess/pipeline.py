@@ -352,10 +352,11 @@ def save_debug_files(cond: Conditioning, out_dir: Path) -> dict[str, Path]:
     return files
 
 
-def _onnx_providers(device: Any) -> list[str]:
+def _onnx_providers(device: Any) -> list:
+    """CUDA provider on the worker's GPU when the device is CUDA (needs onnxruntime-gpu), else CPU."""
     if getattr(device, "type", str(device)).startswith("cuda"):
         index = getattr(device, "index", None) or 0
-        return [("CUDAExecutionProvider", {"device_id": int(index)}), "CPUExecutionProvider"]  # type: ignore[list-item]
+        return [("CUDAExecutionProvider", {"device_id": int(index)}), "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
 

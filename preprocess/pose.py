@@ -27,7 +27,7 @@ from typing import Literal, Protocol
 import cv2
 import numpy as np
 
-from .detection import PersonDetector, UltralyticsPoseDetector, fixed_batch_size, open_onnx_session
+from .detection import PersonDetector, Providers, UltralyticsPoseDetector, fixed_batch_size, open_onnx_session
 from .pose_meta import PoseMeta
 
 logger = logging.getLogger(__name__)
@@ -270,7 +270,7 @@ def resolve_pose_onnx(path: Path) -> Path:
 class OnnxWholeBodyPose:
     """The released ViTPose-H whole-body ONNX: frames + person boxes -> (N, 133, 3) pixel keypoints."""
 
-    def __init__(self, path: Path, providers: list[str] | None = None,
+    def __init__(self, path: Path, providers: Providers | None = None,
                  channel_order: Literal["bgr", "rgb"] = "bgr", max_batch: int = 16) -> None:  # fmt: skip
         self.session = open_onnx_session(resolve_pose_onnx(path), providers)
         self.input_name = self.session.get_inputs()[0].name

@@ -58,7 +58,7 @@ def _open_reader(path: Path, field: str = VIDEO_FIELD):
     if Path(path).stat().st_size == 0:
         raise InputError("empty_file", field, "the file is empty (0 bytes); upload the file again")
     try:
-        return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=0)  # 0: decoder picks
     except Exception as error:  # decord raises DECORDError/RuntimeError with codec internals
         raise InputError(
             "unreadable_video", field, f"could not decode the video ({type(error).__name__}); upload an MP4 (H.264)"

@@ -76,7 +76,7 @@ def test_face_crops_carry_nearest_and_warn(caplog):
         crops = F.face_crops(frames, metas)
     assert crops.shape == (4, 512, 512, 3) and crops.dtype == np.uint8
     assert [int(c[256, 256, 0]) for c in crops] == [100, 100, 100, 200]  # 0 <- 1; 2 <- 1 (tie with 3: the earlier)
-    assert "2 of 4 frames (0, 2)" in caplog.text
+    assert "2 of 4 output frames (0, 2)" in caplog.text
 
 
 def test_no_face_anywhere_is_an_input_error():

@@ -146,7 +146,8 @@ def iter_frames(path: Path, indices: Sequence[int], chunk: int = READ_CHUNK, fie
             except Exception as error:
                 raise InputError(
                     "unreadable_video", field,
-                    f"decoding failed near frame {batch[0]} ({type(error).__name__}); the file may be truncated",
+                    f"decoding failed near frame {batch[0]} ({type(error).__name__}); the file may be truncated "
+                    "or its codec unsupported. Re-encode it as an H.264 MP4",
                 ) from error  # fmt: skip
             yield frames
     finally:
@@ -284,13 +285,16 @@ def _even_frame(frame: np.ndarray) -> np.ndarray:
 
 
 def _iter_single_frames(frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-    """Flatten an iterable of (H, W, 3) frames or (n, H, W, 3) clips into (H, W, 3) uint8 frames."""
+    """Flatten (H, W, 3) frames, (n, H, W, 3) clips, (H, W) grey frames or (n, H, W) grey clips into
+    (H, W, 3) frames (a 3-D array whose last axis is 3 or 4 is one colour frame)."""
     for item in frames:
         arr = np.asarray(item)
         if arr.ndim == 4:
             yield from arr
-        elif arr.ndim == 3:
+        elif arr.ndim == 3 and arr.shape[2] in (3, 4):
             yield arr
+        elif arr.ndim == 3:  # a clip of masks / grey frames
+            yield from (np.repeat(a[..., None], 3, axis=2) for a in arr)
         elif arr.ndim == 2:  # a mask or grey frame
             yield np.repeat(arr[..., None], 3, axis=2)
         else:

@@ -197,6 +197,15 @@ def test_write_video_roundtrip(tmp_path):
     assert "h264" in _ffmpeg_info(out) and "yuv420p" in _ffmpeg_info(out)
 
 
+def test_write_video_grey_frames_and_clips(tmp_path):
+    masks = np.zeros((3, 32, 64), np.uint8)  # (decord misreads some widths under 80 px)
+    masks[:, 8:24, 16:32] = 255
+    out = vio.write_video(tmp_path / "m.mp4", iter([masks[:2], masks[2]]), fps=5)  # a grey clip, then a frame
+    back = vio.read_frames(out, [0, 1, 2])
+    assert back.shape == (3, 32, 64, 3)
+    assert back[:, 12:20, 20:28].min() > 200 and back[:, :4, :8].max() < 40
+
+
 def test_write_video_odd_size_is_padded_even(tmp_path):
     out = vio.write_video(tmp_path / "odd.mp4", _gradient_frames(3, 17, 33), fps=5)
     info = vio.probe_video(out)

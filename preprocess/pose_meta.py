@@ -22,8 +22,9 @@ NUM_FACE = 68
 class PoseMeta:
     """Keypoints of one person in an image of `width` x `height` pixels.
 
-    Every array is (N, 3) float32: x, y in pixels of that image, and a confidence score in [0, 1]
-    (0 where the point is missing).
+    Every array is (N, 3) float32: x, y in pixels of that image, and a confidence score, about [0, 1]
+    (0 where the point is missing; ViTPose scores are raw heatmap maxima, unclipped as official, so
+    they can slightly exceed 1).
     """
 
     width: int

@@ -187,7 +187,9 @@ def _driving_pass(path: Path, indices: list[int], models: PreprocessModels, resi
         edit_index = min(1, total - 1)  # official: FLUX edits the second frame
         if keep_edit_frame and start <= edit_index < start + len(frames):
             edit_frame = frames[edit_index - start].copy()
-        log.debug("preprocess: poses for frames %d-%d of %d", start, start + len(frames) - 1, total)
+        done = start + len(frames)
+        if done == total or (start // POSE_CHUNK) % 8 == 7:  # progress every 256 frames
+            log.info("preprocess: poses and faces for %d of %d frames", done, total)
     poses = fill_invalid_bodies(poses)
     _require_person(poses)
     fill_missing_faces(faces, has_face, log)

@@ -1,0 +1,108 @@
+"""A warm worker stays healthy: repeated jobs neither leak memory nor reload weights, temporary files are
+removed on success and on failure, and GPU out-of-memory becomes a user error the worker recovers from."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import tempfile
+from pathlib import Path
+
+import psutil
+import pytest
+
+from local_runner import APP_ROOT, import_app_module
+
+inference = import_app_module("inference")
+runtime_module = import_app_module("runtime")
+EXAMPLE = APP_ROOT / "examples" / "smoke"
+
+
+def smoke_input(**overrides: object) -> object:
+    return inference.AppInput(
+        driving_video={"path": str(EXAMPLE / "driving.mp4")},
+        reference_image={"path": str(EXAMPLE / "reference.jpg")},
+        resolution_width=512,
+        resolution_height=512,
+        fps=4,
+        clip_len=5,
+        sampling_steps=1,
+        seed=1,
+        **overrides,
+    )
+
+
+def run_dirs() -> set[str]:
+    return {name for name in os.listdir(tempfile.gettempdir()) if name.startswith("wan-animate-run-")}
+
+
+@pytest.fixture(scope="module")
+def app() -> object:
+    app = inference.App()
+    asyncio.run(app.setup(inference.AppSetup(preset="smoke")))
+    yield app
+    asyncio.run(app.unload())
+
+
+@pytest.mark.slow
+def test_twenty_runs_in_one_process_do_not_grow_memory_or_reload_weights(
+    app: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wan = import_app_module("wan")
+    loads = []
+    monkeypatch.setattr(wan, "build_tiny_models", lambda *a, **k: loads.append(1))
+    monkeypatch.setattr(runtime_module, "load_runtime", lambda *a, **k: loads.append(1))
+    transformer = app.runtime.wan_models.transformer
+    process = psutil.Process()
+    rss = []
+    for i in range(20):
+        output = asyncio.run(app.run(smoke_input()))
+        Path(output.video.path).unlink()
+        gc.collect()
+        rss.append(process.memory_info().rss)
+    assert loads == [] and app.runtime.wan_models.transformer is transformer
+    growth_mb = (rss[-1] - rss[1]) / 2**20  # run 1 warms caches (allocator pools, codec libraries)
+    assert growth_mb < 100, f"RSS grew {growth_mb:.0f} MB over 18 runs: {[r // 2**20 for r in rss]}"
+
+
+def test_temporary_files_are_removed_on_success_and_on_failure(app: object, tmp_path: Path) -> None:
+    before = run_dirs()
+    output = asyncio.run(app.run(smoke_input()))
+    assert Path(output.video.path).is_file()
+    assert run_dirs() == before
+    blank = tmp_path / "blank.png"  # an image with nobody in it: fails inside preprocessing
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.full((256, 256, 3), 200, np.uint8)).save(blank)
+    bad = smoke_input()
+    bad.reference_image = inference.File(path=str(blank))
+    with pytest.raises(inference.InputError) as info:
+        asyncio.run(app.run(bad))
+    assert info.value.field == "reference_image"
+    assert run_dirs() == before
+
+
+@pytest.mark.gpu
+def test_gpu_out_of_memory_is_a_user_error_and_the_worker_recovers() -> None:
+    import torch
+
+    app = inference.App()
+    asyncio.run(app.setup(inference.AppSetup(preset="smoke")))
+    assert app.runtime.device.type == "cuda"
+    baseline = torch.cuda.memory_allocated()
+    torch.cuda.set_per_process_memory_fraction(0.002)  # ~160 MB of an 80 GB card
+    try:
+        big = smoke_input()
+        big.resolution_width, big.resolution_height, big.clip_len, big.fps = 1920, 1080, 77, 30
+        with pytest.raises(inference.InputError) as info:
+            asyncio.run(app.run(big))
+        assert info.value.code == "gpu_out_of_memory"
+        assert "resolution_width" in str(info.value) and "offload_model" in str(info.value)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    assert torch.cuda.memory_allocated() <= baseline + 64 * 2**20
+    output = asyncio.run(app.run(smoke_input()))  # the same warm worker runs the next job
+    assert Path(output.video.path).is_file()
+    asyncio.run(app.unload())

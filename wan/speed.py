@@ -1,0 +1,268 @@
+"""Speed options for the Wan-Animate transformer forward: attention backend, regional compile, FP8, SageAttention.
+
+`apply_speed_options` changes a `WanAnimateTransformer3DModel` in place (and returns it). The default options are the
+fast path that changes no math beyond bf16 rounding: cuDNN attention through diffusers' attention dispatcher and
+`torch.compile` of the repeated blocks. FP8 linears and 8-bit SageAttention are opt-in because they change the
+numbers. Measured speeds and deviations are in BENCHMARKS.md; `benchmarks/bench_forward.py` reproduces them.
+
+Step caching (diffusers' FirstBlockCache / MagCache) is deliberately not offered: diffusers does not register this
+model's block class, and once registered the cache still gives wrong outputs on this model, because the 8 face
+adapters run between blocks outside the cached `blocks` list, so a skipped step adds their outputs a second time on
+top of a cached residual that already contains them (tests/test_wan_speed.py shows it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from diffusers import WanAnimateTransformer3DModel
+
+# Attention backend of the default fast path. Chosen by measurement on an H100 (BENCHMARKS.md): diffusers' plain
+# "native" backend lets PyTorch pick the SDPA kernel; "_native_cudnn" forces cuDNN's fused attention.
+DEFAULT_ATTENTION_BACKEND = "_native_cudnn"
+
+# Modules compiled one by one ("regional compilation"): the 40 DiT blocks and the 8 face adapters. Each class is
+# compiled once and the compiled code is reused by every instance of that class.
+COMPILED_BLOCK_CLASSES = ("WanTransformerBlock", "WanAnimateFaceBlockCrossAttention")
+
+# Text context length that diffusers' Wan attention processor assumes when it splits image and text tokens.
+TEXT_CONTEXT_LEN = 512
+# CLIP ViT-H/14 image tokens at 224x224 (256 patches + class token).
+IMAGE_CONTEXT_LEN = 257
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """Which speed-ups to apply to the transformer. The defaults change no math beyond bf16 rounding.
+
+    attention_backend: diffusers attention-dispatcher backend for every attention in the model (None keeps
+        diffusers' default, plain SDPA). Only applied when the model is on CUDA: the cuDNN/flash kernels have no
+        CPU implementation.
+    compile_blocks: `torch.compile` the repeated blocks (regional compilation); pay the cost once with `warmup`.
+    compile_backend / compile_mode: passed to `torch.compile` ("inductor" for speed; tests use "aot_eager").
+    fp8_linears: opt-in; torchao float8 dynamic activation + float8 weight, per-row scales, on every Linear of the
+        40 DiT blocks (needs a CUDA GPU of compute capability >= 8.9 and torchao).
+    sage_attention: opt-in; SageAttention 1 (int8 Q.K^T, fp16 P.V; a Triton kernel from PyPI `sageattention`
+        1.0.6) for the self-attention of the 40 DiT blocks. Cross-attention and face adapters keep
+        `attention_backend`.
+    """
+
+    attention_backend: str | None = DEFAULT_ATTENTION_BACKEND
+    compile_blocks: bool = True
+    compile_backend: str = "inductor"
+    compile_mode: str | None = None
+    fp8_linears: bool = False
+    sage_attention: bool = False
+
+
+def apply_speed_options(
+    transformer: WanAnimateTransformer3DModel, options: SpeedOptions
+) -> WanAnimateTransformer3DModel:
+    """Apply `options` to `transformer` in place and return it.
+
+    Call once, after weights and any fused LoRA are loaded and the model is on its final device, then `warmup` with
+    inputs of the shapes the run will use. Order matters: FP8 swaps weights before compile traces them.
+    """
+    on_cuda = next(transformer.parameters()).device.type == "cuda"
+    if (options.fp8_linears or options.sage_attention) and not on_cuda:
+        raise RuntimeError("fp8_linears and sage_attention need the transformer on a CUDA GPU")
+
+    if options.fp8_linears:
+        quantize_block_linears_fp8(transformer)
+    if options.attention_backend is not None and on_cuda:
+        transformer.set_attention_backend(options.attention_backend)
+    if options.sage_attention:
+        use_self_attention_fn(transformer, sage_attention)
+    if options.compile_blocks:
+        compile_blocks(transformer, backend=options.compile_backend, mode=options.compile_mode)
+    return transformer
+
+
+def compile_blocks(transformer: torch.nn.Module, backend: str = "inductor", mode: str | None = None) -> int:
+    """`torch.compile` every DiT block and face adapter in place (fullgraph, static shapes); returns how many.
+
+    Static shapes: each new resolution compiles once more instead of falling back to slower dynamic-shape kernels.
+    Like diffusers' `compile_repeated_blocks`, plus the face adapters.
+    """
+    count = 0
+    for module in transformer.modules():
+        if type(module).__name__ in COMPILED_BLOCK_CLASSES:
+            module.compile(fullgraph=True, dynamic=False, backend=backend, mode=mode)
+            count += 1
+    if count == 0:
+        raise ValueError(f"no {COMPILED_BLOCK_CLASSES} found in {type(transformer).__name__}")
+    return count
+
+
+def is_block_linear(module: torch.nn.Module, fqn: str) -> bool:
+    """FP8 filter: a `torch.nn.Linear` inside the DiT blocks (`blocks.<i>.…`); embeddings, face adapters and the
+    output projection stay bf16 (small, and closest to the inputs/outputs)."""
+    return isinstance(module, torch.nn.Linear) and fqn.startswith("blocks.")
+
+
+def quantize_block_linears_fp8(transformer: torch.nn.Module) -> None:
+    """Swap the DiT blocks' Linear weights for torchao float8 (e4m3) with per-row scales; activations are quantized
+    per row on the fly. Leaves inductor's global settings alone (`set_inductor_config=False`)."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
+    quantize_(transformer, config, filter_fn=is_block_linear)
+
+
+# --- self-attention with a replaceable attention kernel -------------------------------------------------------------
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def sdpa_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Plain SDPA on [B, S, H, D] tensors (reference kernel for `WanSelfAttentionProcessor`)."""
+    out_bhsd = torch.nn.functional.scaled_dot_product_attention(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+    )
+    return out_bhsd.transpose(1, 2)
+
+
+def _sage_op() -> Any:
+    """The SageAttention custom op, registered with torch on first use so torch.compile treats the Triton kernel as
+    one opaque call (fullgraph works). torch's op registry, not this module, remembers the registration."""
+    namespace = torch.ops.wan_animate
+    if hasattr(namespace, "sage_attention"):
+        return namespace.sage_attention
+
+    @torch.library.custom_op("wan_animate::sage_attention", mutates_args=(), device_types="cuda")
+    def _sage_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        from sageattention import sageattn
+
+        # Smoothing K (subtracting its mean over the sequence) leaves softmax unchanged and makes int8 K accurate;
+        # done out of place here because sageattn's own smooth_k modifies its input.
+        key = key - key.mean(dim=1, keepdim=True)
+        return sageattn(query, key, value, tensor_layout="NHD", is_causal=False, smooth_k=False)
+
+    @_sage_attention.register_fake
+    def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return torch.empty_like(query)
+
+    return namespace.sage_attention
+
+
+def sage_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """SageAttention 1 on [B, S, H, D] bf16 CUDA tensors: int8 per-block Q and K, fp16 P.V, output in q's dtype."""
+    return _sage_op()(query.contiguous(), key.contiguous(), value.contiguous())
+
+
+def apply_rotary(x_bshd: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    """Wan RoPE on interleaved channel pairs (x[2i], x[2i+1]); freqs are [1, S, 1, D] float with each angle repeated
+    twice. Computed in float32 and rounded back to x's dtype, as diffusers does."""
+    x_even, x_odd = x_bshd.float().unflatten(-1, (-1, 2)).unbind(-1)
+    cos = freqs_cos[..., 0::2]
+    sin = freqs_sin[..., 0::2]
+    out_even = x_even * cos - x_odd * sin
+    out_odd = x_even * sin + x_odd * cos
+    return torch.stack((out_even, out_odd), dim=-1).flatten(-2).to(x_bshd.dtype)
+
+
+class WanSelfAttentionProcessor:
+    """Self-attention of a Wan DiT block (q/k/v projections, RMS norm across heads, RoPE, attention, output
+    projection) with the attention kernel passed in. Same math as diffusers' WanAttnProcessor for self-attention;
+    written out here so that the kernel can be one diffusers' dispatcher does not offer (SageAttention 1)."""
+
+    def __init__(self, attention_fn: AttentionFn) -> None:
+        self.attention_fn = attention_fn
+
+    def __call__(
+        self,
+        attn: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        if encoder_hidden_states is not None or attention_mask is not None:
+            raise ValueError("WanSelfAttentionProcessor handles self-attention without a mask only")
+        if getattr(attn, "fused_projections", False):
+            query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
+        else:
+            query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))  # [B, S, H*D] -> [B, S, H, D]
+        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+        if rotary_emb is not None:
+            query = apply_rotary(query, *rotary_emb)
+            key = apply_rotary(key, *rotary_emb)
+        out_bshd = self.attention_fn(query, key, value)
+        out = out_bshd.flatten(2, 3).type_as(query)
+        out = attn.to_out[0](out)
+        return attn.to_out[1](out)
+
+
+def use_self_attention_fn(transformer: torch.nn.Module, attention_fn: AttentionFn) -> int:
+    """Give the self-attention (`attn1`) of every DiT block a `WanSelfAttentionProcessor` with `attention_fn`;
+    returns how many blocks were changed."""
+    blocks = transformer.get_submodule("blocks")
+    for block in blocks:
+        block.attn1.set_processor(WanSelfAttentionProcessor(attention_fn))
+    return len(blocks)
+
+
+# --- inputs and warm-up -----------------------------------------------------------------------------------------------
+
+
+def make_example_inputs(
+    config: Any,
+    height: int,
+    width: int,
+    num_frames: int = 77,
+    batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Random transformer inputs shaped like one clip of `num_frames` video frames at `height` x `width` pixels.
+
+    Latents: 1 reference frame + (num_frames - 1) / 4 + 1 video frames at 1/8 of the pixel size (Wan VAE strides
+    4, 8, 8); text context 512 tokens, CLIP image context 257 tokens, face crops at the motion encoder's size.
+    """
+    if (num_frames - 1) % 4 != 0 or height % 16 != 0 or width % 16 != 0:
+        raise ValueError(f"need num_frames = 4k+1 and sides divisible by 16, got {num_frames}, {height}x{width}")
+    latent_frames = (num_frames - 1) // 4 + 1
+    latent_h, latent_w = height // 8, width // 8
+    face_size = config.motion_encoder_size
+    latent_channels = config.latent_channels or (config.in_channels - 4) // 2
+    image_dim = config.image_dim or config.text_dim
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator).to(device=device, dtype=dtype)
+
+    return {
+        "hidden_states": randn(batch_size, config.in_channels, latent_frames + 1, latent_h, latent_w),
+        "timestep": torch.full((batch_size,), 500, dtype=torch.long, device=device),
+        "encoder_hidden_states": randn(batch_size, TEXT_CONTEXT_LEN, config.text_dim),
+        "encoder_hidden_states_image": randn(batch_size, IMAGE_CONTEXT_LEN, image_dim),
+        "pose_hidden_states": randn(batch_size, latent_channels, latent_frames, latent_h, latent_w),
+        "face_pixel_values": randn(batch_size, 3, num_frames, face_size, face_size).clamp_(-1.0, 1.0),
+    }
+
+
+def run_forward(transformer: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One transformer forward without autograd; returns the predicted latents [B, C, T, H, W]."""
+    with torch.inference_mode():
+        return transformer(**inputs, return_dict=False)[0]
+
+
+def warmup(transformer: torch.nn.Module, example_inputs: dict[str, torch.Tensor]) -> float:
+    """Run one forward so compilation and kernel selection happen now, not in the first denoising step.
+
+    Use inputs of exactly the shapes of the coming run (compile specialises on them). Returns wall seconds.
+    """
+    start = time.perf_counter()
+    run_forward(transformer, example_inputs)
+    if next(transformer.parameters()).device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start

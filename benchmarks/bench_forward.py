@@ -1,0 +1,422 @@
+"""Time ONE forward of the full-size Wan-Animate 14B transformer (random bf16 weights) under each speed mode.
+
+Builds WanAnimateTransformer3DModel with the config of Wan-AI/Wan2.2-Animate-14B-Diffusers/transformer directly on
+the GPU, makes real-shaped inputs for one 77-frame clip, and for each resolution and mode reports the median forward
+time (CUDA events, after warm-up), the first-call time (compile), peak GPU memory and the relative L2 deviation of the
+output from diffusers' default (bf16, plain SDPA, no compile) on the same inputs. Writes results.json and
+results.md under --out (default $OUT, else ./out) after every mode, so a run cut short keeps what it measured.
+
+    python benchmarks/bench_forward.py --resolutions 480p,720p --modes all --reps 3
+
+See benchmarks/README.md for the device run (wheels to carry) and BENCHMARKS.md for results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# transformer/config.json of Wan-AI/Wan2.2-Animate-14B-Diffusers (as diffusers' conversion script writes it).
+FULL_CONFIG: dict[str, Any] = {
+    "patch_size": (1, 2, 2),
+    "num_attention_heads": 40,
+    "attention_head_dim": 128,
+    "in_channels": 36,
+    "latent_channels": 16,
+    "out_channels": 16,
+    "text_dim": 4096,
+    "freq_dim": 256,
+    "ffn_dim": 13824,
+    "num_layers": 40,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "eps": 1e-6,
+    "image_dim": 1280,
+    "added_kv_proj_dim": 5120,
+    "rope_max_seq_len": 1024,
+    "pos_embed_seq_len": None,
+    "motion_encoder_size": 512,
+    "motion_style_dim": 512,
+    "motion_dim": 20,
+    "motion_encoder_dim": 512,
+    "face_encoder_hidden_dim": 1024,
+    "face_encoder_num_heads": 4,
+    "inject_face_latents_blocks": 5,
+}
+
+RESOLUTIONS = {"480p": (480, 832), "720p": (720, 1280)}  # (height, width), landscape
+NUM_FRAMES = 77
+
+# Mode name -> SpeedOptions fields (None: diffusers' default, nothing applied). FP8 modes go last: quantizing is
+# irreversible on the one model this script builds.
+MODES: dict[str, dict[str, Any] | None] = {
+    "diffusers_default": None,
+    "cudnn_eager": {"compile_blocks": False},
+    "fast": {},
+    "fast_sage": {"sage_attention": True},
+    "fast_fp8": {"fp8_linears": True},
+    "fast_fp8_sage": {"fp8_linears": True, "sage_attention": True},
+}
+COMPILE_ESTIMATE_S = 120.0  # budget guess for one regional compile before it has been measured
+
+
+def load_speed_module() -> Any:
+    """wan/speed.py loaded by path (it has no package-relative imports), so this runs without the app's deps."""
+    spec = importlib.util.spec_from_file_location("wan_speed", REPO_ROOT / "wan" / "speed.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["wan_speed"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+speed = load_speed_module()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64 (on the CPU copies)."""
+    out64, ref64 = out.double(), ref.double()
+    return ((out64 - ref64).norm() / ref64.norm()).item()
+
+
+def environment() -> dict[str, Any]:
+    import diffusers
+
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "diffusers": diffusers.__version__,
+        "gpu": torch.cuda.get_device_name(0),
+        "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    for name in ("triton", "torchao", "sageattention"):
+        try:
+            from importlib.metadata import version
+
+            info[name] = version(name)
+        except Exception as exc:  # package missing: record why
+            info[name] = f"missing ({type(exc).__name__})"
+    return info
+
+
+def build_model() -> torch.nn.Module:
+    """Full-size model with random weights, created in bf16 straight on the GPU (no 69 GB fp32 detour), then the
+    modules diffusers keeps in fp32 when loading with torch_dtype=bf16 (`_keep_in_fp32_modules`) cast back up."""
+    from diffusers import WanAnimateTransformer3DModel
+
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            model = WanAnimateTransformer3DModel(**FULL_CONFIG)
+    finally:
+        torch.set_default_dtype(previous)
+    keep_fp32 = set(model._keep_in_fp32_modules)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if keep_fp32.intersection(name.split(".")):
+                param.data = param.data.float()
+    return model.eval().requires_grad_(False)
+
+
+def reset_to_diffusers_default(model: torch.nn.Module) -> None:
+    """Undo the bf16 speed options on the same model: drop compiled wrappers, plain SDPA, diffusers' processors."""
+    from diffusers.models.transformers.transformer_wan_animate import WanAttnProcessor
+
+    torch._dynamo.reset()
+    for module in model.modules():
+        if type(module).__name__ in speed.COMPILED_BLOCK_CLASSES:
+            module._compiled_call_impl = None
+    for block in model.blocks:
+        block.attn1.set_processor(WanAttnProcessor())
+    model.set_attention_backend("native")
+
+
+def time_forwards(model: torch.nn.Module, inputs: dict[str, torch.Tensor], reps: int) -> list[float]:
+    """Seconds of `reps` forwards, each timed with CUDA events; no host sync inside a forward."""
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        speed.run_forward(model, inputs)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000.0)
+    return times
+
+
+def count_host_syncs(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> list[str]:
+    """Where one forward makes the host wait for the GPU (torch's sync debug mode), as 'file:line' strings."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            speed.run_forward(model, inputs)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    return [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
+
+
+def attention_microbench(token_counts: dict[str, int], heads: int, head_dim: int, reps: int) -> list[dict]:
+    """Self-attention kernels alone at the model's shapes: diffusers backends that need no extra install, plus
+    SageAttention 1 through wan/speed.py. Deviation is against the `_native_flash` output."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
+
+    rows = []
+    for res, tokens in token_counts.items():
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        q, k, v = (
+            torch.randn(1, tokens, heads, head_dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+            for _ in range(3)
+        )
+        kernels = {
+            name: functools.partial(dispatch_attention_fn, backend=AttentionBackendName(name))
+            for name in ("native", "_native_cudnn", "_native_flash", "_native_efficient")
+        }
+        kernels["sage1 (wan/speed.py)"] = speed.sage_attention
+        ref = None
+        flops = 4 * tokens * tokens * head_dim * heads
+        for name, fn in kernels.items():
+            row: dict[str, Any] = {"resolution": res, "tokens": tokens, "kernel": name}
+            try:
+                out = fn(q, k, v)
+                torch.cuda.synchronize()
+                times = []
+                for _ in range(reps):
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    fn(q, k, v)
+                    end.record()
+                    end.synchronize()
+                    times.append(start.elapsed_time(end) / 1000.0)
+                median = statistics.median(times)
+                row.update(ms=round(median * 1000, 2), tflops=round(flops / median / 1e12, 1))
+                if name == "_native_flash":
+                    ref = out.float()
+                if ref is not None:
+                    row["rel_l2_vs_flash"] = round(rel_l2(out.float().cpu(), ref.cpu()), 5)
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            rows.append(row)
+            log(f"attention {row}")
+        del q, k, v, ref
+        torch.cuda.empty_cache()
+    return rows
+
+
+def diffusers_sage_backend_status() -> str:
+    """Whether diffusers' own 'sage' backend accepts the installed sageattention (it wants >= 2.1.1)."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
+
+    try:
+        _check_attention_backend_requirements(AttentionBackendName.SAGE)
+        return "usable"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    env = results["environment"]
+    lines = [
+        f"# Wan-Animate transformer forward: {env.get('gpu')}",
+        "",
+        f"torch {env.get('torch')} (CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}), diffusers "
+        f"{env.get('diffusers')}, torchao {env.get('torchao')}, triton {env.get('triton')}, sageattention "
+        f"{env.get('sageattention')}; {env.get('date')}",
+        "",
+        "| resolution | mode | median s | speed-up vs diffusers | first call s | peak GiB | rel L2 vs diffusers |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in results["runs"]:
+        if "error" in row or "skipped" in row:
+            note = row.get("error") or row.get("skipped")
+            lines.append(f"| {row['resolution']} | {row['mode']} | - | - | - | - | {note[:120]} |")
+            continue
+        lines.append(
+            f"| {row['resolution']} | {row['mode']} | {row['median_s']:.3f} | {row.get('speedup', float('nan')):.2f}x"
+            f" | {row['first_call_s']:.1f} | {row['peak_gib']:.1f} | {row.get('rel_l2', float('nan')):.2e} |"
+        )
+    if results.get("attention"):
+        lines += [
+            "",
+            "| tokens | attention kernel | ms | TFLOP/s | rel L2 vs flash |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for row in results["attention"]:
+            lines.append(
+                f"| {row['tokens']} | {row['kernel']} | {row.get('ms', '-')} | {row.get('tflops', '-')} | "
+                f"{row.get('rel_l2_vs_flash', row.get('error', '-'))} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def save(results: dict[str, Any], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "results.md").write_text(markdown(results))
+
+
+def mode_options(mode: str, weights_are_fp8: bool) -> Any:
+    """SpeedOptions for a mode (None for diffusers' default). Once the weights are FP8, quantizing is not redone."""
+    overrides = MODES[mode]
+    if overrides is None:
+        return None
+    if weights_are_fp8:
+        overrides = {**overrides, "fp8_linears": False}
+    return speed.SpeedOptions(**overrides)
+
+
+def run_mode(
+    model: torch.nn.Module,
+    options: Any,
+    inputs: dict[str, torch.Tensor],
+    reps: int,
+    check_syncs: bool,
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """Apply `options` (None: nothing) to the reset model, warm up, time `reps` forwards; returns row and output."""
+    row: dict[str, Any] = {}
+    setup_start = time.perf_counter()
+    if options is not None:
+        speed.apply_speed_options(model, options)
+    row["setup_s"] = round(time.perf_counter() - setup_start, 2)
+    torch.cuda.reset_peak_memory_stats()
+    row["first_call_s"] = round(speed.warmup(model, inputs), 2)
+    times = time_forwards(model, inputs, reps)
+    row["times_s"] = [round(t, 4) for t in times]
+    row["median_s"] = statistics.median(times)
+    row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    if check_syncs:
+        row["host_syncs"] = count_host_syncs(model, inputs)
+    output = speed.run_forward(model, inputs).float().cpu()
+    row["finite"] = bool(torch.isfinite(output).all())
+    return row, output
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--resolutions", default="480p,720p")
+    parser.add_argument("--modes", default="all", help=f"comma list of {list(MODES)} or 'all'")
+    parser.add_argument("--reps", type=int, default=3, help="timed forwards per mode (after one warm-up)")
+    parser.add_argument("--attention", default="", help="also time the attention kernels alone at these resolutions")
+    parser.add_argument("--syncs", action="store_true", help="list host syncs in one forward per mode")
+    parser.add_argument("--budget-s", type=float, default=540.0, help="skip modes that would not finish by then")
+    parser.add_argument("--out", default=os.environ.get("OUT", "out"))
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    out_dir = Path(args.out)
+    resolutions = [r.strip() for r in args.resolutions.split(",") if r.strip()]
+    modes = list(MODES) if args.modes == "all" else [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes + resolutions if m not in MODES and m not in RESOLUTIONS]
+    if unknown:
+        parser.error(f"unknown modes/resolutions: {unknown}")
+
+    results: dict[str, Any] = {"environment": environment(), "args": vars(args), "runs": [], "attention": []}
+    results["diffusers_sage_backend"] = diffusers_sage_backend_status()
+    log(json.dumps(results["environment"]))
+    log(f"diffusers 'sage' backend: {results['diffusers_sage_backend']}")
+    save(results, out_dir)
+
+    if args.attention:
+        attention_res = [r.strip() for r in args.attention.split(",") if r.strip()]
+        tokens = {r: 21 * (RESOLUTIONS[r][0] // 16) * (RESOLUTIONS[r][1] // 16) for r in attention_res}
+        results["attention"] = attention_microbench(tokens, heads=40, head_dim=128, reps=5)
+        save(results, out_dir)
+
+    build_start = time.perf_counter()
+    model = build_model()
+    torch.cuda.synchronize()
+    results["build_s"] = round(time.perf_counter() - build_start, 1)
+    results["params_billion"] = round(sum(p.numel() for p in model.parameters()) / 1e9, 2)
+    results["weights_gib"] = round(torch.cuda.memory_allocated() / 2**30, 1)
+    log(f"built model: {results['params_billion']}B params, {results['weights_gib']} GiB, {results['build_s']} s")
+
+    inputs = {
+        r: speed.make_example_inputs(model.config, *RESOLUTIONS[r], NUM_FRAMES, device="cuda") for r in resolutions
+    }
+    references: dict[str, torch.Tensor] = {}
+    baseline_s: dict[str, float] = {}
+    last_forward_s: dict[str, float] = {r: 15.0 for r in resolutions}
+    compile_s = COMPILE_ESTIMATE_S
+    quantized = False
+
+    for mode in modes:
+        wants_fp8 = bool(MODES[mode] and MODES[mode].get("fp8_linears"))
+        if wants_fp8 and not quantized:
+            reset_to_diffusers_default(model)
+            speed.quantize_block_linears_fp8(model)
+            quantized = True
+            results["fp8_weights_gib"] = round(torch.cuda.memory_allocated() / 2**30, 1)
+        if quantized and not wants_fp8:
+            log(f"{mode}: skipped, the weights are already FP8 (list FP8 modes last)")
+            continue
+        options = mode_options(mode, weights_are_fp8=quantized)
+        for res in resolutions:
+            tokens = math.prod(inputs[res]["hidden_states"].shape[2:]) // 4
+            row: dict[str, Any] = {"resolution": res, "mode": mode, "tokens": tokens}
+            compiles = options is not None and options.compile_blocks
+            estimate = (args.reps + 2) * last_forward_s[res] + (compile_s if compiles else 0.0)
+            elapsed = time.perf_counter() - started
+            if elapsed + estimate > args.budget_s:
+                row["skipped"] = f"time budget: {elapsed:.0f} s used, ~{estimate:.0f} s needed"
+                log(f"{res} {mode}: {row['skipped']}")
+                results["runs"].append(row)
+                save(results, out_dir)
+                continue
+            reset_to_diffusers_default(model)
+            log(f"{res} {mode}: start")
+            try:
+                measured, output = run_mode(model, options, inputs[res], args.reps, args.syncs)
+                row.update(measured)
+                last_forward_s[res] = row["median_s"]
+                if compiles:
+                    compile_s = max(5.0, row["first_call_s"] - row["median_s"])
+                if mode == "diffusers_default":
+                    references[res] = output
+                    baseline_s[res] = row["median_s"]
+                if res in references:
+                    row["rel_l2"] = rel_l2(output, references[res])
+                if res in baseline_s:
+                    row["speedup"] = baseline_s[res] / row["median_s"]
+                del output
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
+                row["traceback"] = traceback.format_exc()[-3000:]
+                torch.cuda.empty_cache()
+            log(f"{res} {mode}: " + json.dumps({k: v for k, v in row.items() if k != "traceback"}))
+            results["runs"].append(row)
+            save(results, out_dir)
+
+    results["total_s"] = round(time.perf_counter() - started, 1)
+    save(results, out_dir)
+    print(markdown(results), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

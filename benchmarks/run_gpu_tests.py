@@ -1,0 +1,32 @@
+"""Run the CUDA tests of tests/test_wan_speed.py on a machine without the app's own dependencies (pydantic etc.).
+
+tests/conftest.py imports the app's local runner; here the app folder is registered as package `wan_animate` the
+same way, and pytest runs with --noconftest so only torch, diffusers, torchao and sageattention are needed.
+
+    python benchmarks/run_gpu_tests.py [extra pytest args]
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+APP_ROOT = Path(__file__).resolve().parents[1]
+
+
+def register_app_package(name: str = "wan_animate") -> None:
+    """Make `import wan_animate.wan.speed` resolve to this checkout (what tests/conftest.py does)."""
+    spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+    spec.submodule_search_locations = [str(APP_ROOT)]
+    sys.modules[name] = importlib.util.module_from_spec(spec)
+
+
+if __name__ == "__main__":
+    register_app_package()
+    sys.path.insert(0, str(APP_ROOT / "tests"))
+    args = [str(APP_ROOT / "tests" / "test_wan_speed.py"), "--noconftest", "-q", "-rA", "-p", "no:cacheprovider"]
+    sys.exit(pytest.main(args + sys.argv[1:]))

@@ -1,0 +1,298 @@
+"""The segment loop: Conditioning -> decoded frames, clip by clip, as the official WanAnimate.generate().
+
+Streaming: each clip's NEW frames are yielded as soon as they are decoded; only the last `refert_num` decoded frames
+stay on the device (the next clip's guide). The official code keeps the whole video and returns it at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+
+from .color import match_colors
+from .conditioning import (
+    LATENT_CHANNELS,
+    VAE_STRIDE_HW,
+    VAE_STRIDE_T,
+    clip_condition,
+    clip_embedding,
+    encode_prompt,
+    face_pixels,
+    pose_latents,
+    reference_condition,
+    vae_decode,
+)
+from .lora import request_adapters
+from .offload import Offload, offload_session, on_device, resolve_offload
+from .segments import clip_starts, mirror_indices, valid_length
+
+if TYPE_CHECKING:
+    from ..preprocess.conditioning import Conditioning
+    from .models import WanAnimateModels
+
+logger = logging.getLogger(__name__)
+
+# Official defaults: wan/configs/wan_animate_14B.py (prompt) and shared_config.py (sample_neg_prompt).
+DEFAULT_PROMPT = "视频中的人在做动作"
+DEFAULT_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，"
+    "杂乱的背景，三条腿，背景人很多，倒着走"
+)
+PROMPT_CACHE_SIZE = 16
+
+StepCallback = Callable[[int, int, int, int], None]  # (segment_idx, num_segments, step_idx, num_steps)
+
+
+class Cancelled(Exception):
+    """should_cancel() returned True: generation stopped between two denoising steps."""
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Sampling options (defaults: the official generate()'s, except where noted)."""
+
+    mode: Literal["animation", "replacement"] = "animation"
+    clip_len: int = 77  # frames per clip, 4n + 1
+    refert_num: int = 1  # frames each clip continues from (1 or 5)
+    shift: float = 5.0
+    sample_solver: Literal["dpm++", "unipc"] = "dpm++"
+    sampling_steps: int = 20
+    guide_scale: float = 1.0  # > 1: second pass with the negative prompt AND a blank (-1) face
+    seed: int = 0
+    prompt: str = ""  # '' -> DEFAULT_PROMPT
+    n_prompt: str = ""  # '' -> DEFAULT_NEGATIVE_PROMPT
+    color_match: bool = True  # not official: see wan/color.py
+    offload: str | bool = "none"  # 'none' | 'model' (| True/False); never less than what the models were loaded with
+    loras: Sequence[tuple[Path | str, float]] = field(default_factory=tuple)  # user LoRAs (path, weight)
+
+    def resolved_prompts(self) -> tuple[str, str]:
+        return (self.prompt or DEFAULT_PROMPT, self.n_prompt or DEFAULT_NEGATIVE_PROMPT)
+
+
+def check_inputs(cond: Conditioning, options: GenerationOptions) -> None:
+    """Raise ValueError on inputs the loop cannot run (the app validates user input before this)."""
+    if options.clip_len < 5 or options.clip_len % VAE_STRIDE_T != 1:
+        raise ValueError(f"clip_len must be 4n + 1 and >= 5, not {options.clip_len}")
+    if options.refert_num not in (1, 5) or options.refert_num >= options.clip_len:
+        raise ValueError(f"refert_num must be 1 or 5 and below clip_len, not {options.refert_num}")
+    if options.sampling_steps < 1:
+        raise ValueError("sampling_steps must be >= 1")
+    if options.mode not in ("animation", "replacement"):
+        raise ValueError(f"mode must be 'animation' or 'replacement', not {options.mode!r}")
+    if cond.num_frames < 1:
+        raise ValueError("the conditioning has no frames")
+    if cond.height % 16 or cond.width % 16:
+        raise ValueError(f"frame size {cond.width}x{cond.height} must be a multiple of 16")
+    if cond.face_frames.shape[0] != cond.num_frames or cond.reference.shape[:2] != (cond.height, cond.width):
+        raise ValueError("face frames and reference must match the pose video's length and size")
+    if options.mode == "replacement":
+        if cond.background_frames is None or cond.mask_frames is None:
+            raise ValueError("replacement needs background_frames and mask_frames")
+        if cond.background_frames.shape[0] != cond.num_frames or cond.mask_frames.shape[0] != cond.num_frames:
+            raise ValueError("background and mask must have as many frames as the pose video")
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """(T, 3, H, W) in [-1, 1] -> (T, H, W, 3) uint8 as the official save_video: floor((x + 1) / 2 * 255)."""
+    scaled = (frames.clamp(-1.0, 1.0) + 1.0) / 2.0 * 255.0
+    return scaled.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _prompt_embeddings(
+    models: WanAnimateModels, texts: Sequence[str], device: torch.device, offload: Offload
+) -> list[torch.Tensor]:
+    """(1, 512, text_dim) per text, through the models' small cache (the default prompts recur every request)."""
+    missing = [text for text in texts if text not in models.prompt_cache]
+    if missing:
+        with on_device(models.text_encoder, device, offload):
+            for text in missing:
+                if len(models.prompt_cache) >= PROMPT_CACHE_SIZE:
+                    models.prompt_cache.pop(next(iter(models.prompt_cache)))
+                models.prompt_cache[text] = encode_prompt(models, text, device)
+    return [models.prompt_cache[text].to(device) for text in texts]
+
+
+def _reset_transformer_caches(transformer: torch.nn.Module) -> None:
+    """Forget cached activations of diffusers' caching hooks (if a speed option added any) between clips."""
+    registry = getattr(transformer, "_diffusers_hook", None)
+    if registry is not None:
+        registry.reset_stateful_hooks()
+
+
+@torch.no_grad()
+def _denoise(
+    models: WanAnimateModels,
+    noise: torch.Tensor,
+    y: torch.Tensor,
+    pose: torch.Tensor,
+    face: torch.Tensor,
+    context: torch.Tensor,
+    context_null: torch.Tensor | None,
+    clip_context: torch.Tensor,
+    options: GenerationOptions,
+    segment: tuple[int, int],
+    on_step: StepCallback | None,
+    should_cancel: Callable[[], bool] | None,
+) -> torch.Tensor:
+    """Run the sampler on one clip: noise (1, 16, 1 + lat_t, h, w) float32 -> latents of the same shape.
+
+    y: (1, 20, 1 + lat_t, h, w) conditioning; pose: (1, 16, lat_t, h, w); face: (1, 3, clip_len, S, S).
+    """
+    from .schedulers import make_scheduler
+
+    transformer = models.transformer
+    scheduler = make_scheduler(options.sample_solver, options.shift)
+    scheduler.set_timesteps(options.sampling_steps, device=noise.device)
+    timesteps = scheduler.timesteps
+    guided = options.guide_scale > 1.0
+    face_uncond = face * 0 - 1 if guided else None  # official: the unconditional pass sees a black face
+    y = y.to(models.dtype)
+    pose = pose.to(models.dtype)
+    latents = noise
+    for step, t in enumerate(timesteps):
+        if should_cancel is not None and should_cancel():
+            raise Cancelled(f"cancelled at clip {segment[0] + 1}/{segment[1]}, step {step + 1}/{len(timesteps)}")
+        model_input = torch.cat([latents.to(models.dtype), y], dim=1)
+        timestep = t.expand(1)
+        with transformer.cache_context("cond"):
+            noise_pred = transformer(
+                hidden_states=model_input,
+                timestep=timestep,
+                encoder_hidden_states=context,
+                encoder_hidden_states_image=clip_context,
+                pose_hidden_states=pose,
+                face_pixel_values=face,
+                return_dict=False,
+            )[0].float()
+        if guided:
+            with transformer.cache_context("uncond"):
+                noise_uncond = transformer(
+                    hidden_states=model_input,
+                    timestep=timestep,
+                    encoder_hidden_states=context_null,
+                    encoder_hidden_states_image=clip_context,
+                    pose_hidden_states=pose,
+                    face_pixel_values=face_uncond,
+                    return_dict=False,
+                )[0].float()
+            noise_pred = noise_uncond + options.guide_scale * (noise_pred - noise_uncond)
+        latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+        if on_step is not None:
+            on_step(segment[0], segment[1], step, len(timesteps))
+    return latents
+
+
+@torch.no_grad()
+def _generate_on_device(
+    models: WanAnimateModels,
+    cond: Conditioning,
+    options: GenerationOptions,
+    on_step: StepCallback | None,
+    should_cancel: Callable[[], bool] | None,
+) -> Iterator[torch.Tensor]:
+    """The loop; yields each clip's new frames as float (t, 3, H, W) tensors in [-1, 1] on the device."""
+    check_inputs(cond, options)
+    device = models.device
+    replacement = options.mode == "replacement"
+    prompt, n_prompt = options.resolved_prompts()
+    num_frames, height, width = cond.num_frames, cond.height, cond.width
+    clip_len, refert = options.clip_len, options.refert_num
+    target_len = valid_length(num_frames, clip_len, refert)
+    indices = np.asarray(mirror_indices(num_frames, target_len))
+    starts = clip_starts(target_len, clip_len, refert)
+    lat_t = (clip_len - 1) // VAE_STRIDE_T + 1
+    noise_shape = (1, LATENT_CHANNELS, lat_t + 1, height // VAE_STRIDE_HW, width // VAE_STRIDE_HW)
+    logger.info("generate: %d frames -> %d padded, %d clips of %d", num_frames, target_len, len(starts), clip_len)
+
+    with (
+        request_adapters(models.transformer, models.relighting_adapter, replacement, options.loras),
+        offload_session(models, resolve_offload(options.offload, device)) as offload,
+    ):
+        texts = [prompt, n_prompt] if options.guide_scale > 1.0 else [prompt]
+        embeddings = _prompt_embeddings(models, texts, device, offload)
+        context = embeddings[0]
+        context_null = embeddings[1] if len(embeddings) > 1 else None
+        with on_device(models.image_encoder, device, offload):
+            clip_context = clip_embedding(models, cond.reference, device)
+        with on_device(models.vae, device, offload):
+            ref_y = reference_condition(models, cond.reference, device)
+
+        # One generator seeded once, drawn once per clip (official; on the execution device like the official CUDA
+        # generator, so a GPU run reproduces the official noise).
+        generator = torch.Generator(device=device).manual_seed(int(options.seed))
+        carried_raw: torch.Tensor | None = None  # (r, 3, H, W) last decoded frames, the next clip's guide
+        carried_shown: torch.Tensor | None = None  # the same frames as emitted (after colour matching)
+        emitted = 0
+        for index, start in enumerate(starts):
+            window = indices[start : start + clip_len]
+            _reset_transformer_caches(models.transformer)
+            noise = torch.randn(noise_shape, generator=generator, device=device, dtype=torch.float32)
+            with on_device(models.vae, device, offload):
+                pose = pose_latents(models, cond.pose_frames[window], device)
+                clip_y = clip_condition(
+                    models,
+                    clip_len,
+                    height,
+                    width,
+                    device,
+                    carried=carried_raw,
+                    background=cond.background_frames[window] if replacement else None,
+                    mask=cond.mask_frames[window] if replacement else None,
+                )
+            y = torch.cat([ref_y, clip_y], dim=2)  # (1, 20, 1 + lat_t, h, w): reference first
+            face = face_pixels(models, cond.face_frames[window], device)
+            latents = _denoise(
+                models, noise, y, pose, face, context, context_null, clip_context, options,
+                (index, len(starts)), on_step, should_cancel,
+            )  # fmt: skip
+            del noise, y, pose, face, clip_y
+            with on_device(models.vae, device, offload):
+                frames = vae_decode(models, latents[:, :, 1:])[0].transpose(0, 1)  # (clip_len, 3, H, W)
+            del latents
+            shown = frames
+            if options.color_match and carried_shown is not None:
+                shown = match_colors(frames, overlap=frames[:refert], reference=carried_shown)
+            carried_raw = frames[-refert:].clone()  # official: the raw decoded frames guide the next clip
+            carried_shown = shown[-refert:].clone()
+            new = shown if start == 0 else shown[refert:]
+            count = min(int(new.shape[0]), num_frames - emitted)
+            if count > 0:
+                emitted += count
+                yield new[:count]
+            del frames, shown, new
+
+
+def generate_clips(
+    models: WanAnimateModels,
+    cond: Conditioning,
+    options: GenerationOptions,
+    on_step: StepCallback | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> Iterator[torch.Tensor]:
+    """Like `generate`, but yields float (t, 3, H, W) tensors in [-1, 1] on the CPU (for tests and analysis)."""
+    for clip in _generate_on_device(models, cond, options, on_step, should_cancel):
+        yield clip.float().cpu()
+
+
+def generate(
+    models: WanAnimateModels,
+    cond: Conditioning,
+    options: GenerationOptions,
+    on_step: StepCallback | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> Iterator[np.ndarray]:
+    """Yield the video clip by clip as (t, H, W, 3) uint8 arrays; exactly cond.num_frames frames in total.
+
+    on_step(segment_idx, num_segments, step_idx, num_steps) after every denoising step; should_cancel() before every
+    step (True raises Cancelled). Colour matching (options.color_match) changes only the emitted pixels: the next
+    clip is guided by the raw decoded frames, as in the official code.
+    """
+    for clip in _generate_on_device(models, cond, options, on_step, should_cancel):
+        yield to_uint8(clip)  # converted on the device: only uint8 crosses to the CPU

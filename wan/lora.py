@@ -1,0 +1,158 @@
+"""LoRAs on the transformer through diffusers' Wan LoRA loader + PEFT, all kept unmerged.
+
+- The relighting LoRA of the release (relighting_lora.ckpt: a torch checkpoint whose "state_dict" holds PEFT keys
+  such as `blocks.0.self_attn.q.lora_A.weight`, rank 128, alpha 128, on every linear of the blocks except the face
+  adapters). Official: replacement mode only. diffusers converts the original Wan key layout only when the keys carry
+  the `diffusion_model.` prefix and otherwise skips them with a mere warning, so the prefix is added here and every
+  tensor is checked to have landed.
+- User LoRAs (.safetensors, original `diffusion_model.blocks.N...lora_down/lora_up[/alpha]` layout or diffusers
+  `transformer.blocks.N...lora_A/lora_B`), loaded for one request and deleted after it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+RELIGHTING_ADAPTER = "wan_relighting"
+USER_ADAPTER_PREFIX = "user_lora_"
+
+
+def _has_adapters(transformer: torch.nn.Module) -> bool:
+    return bool(getattr(transformer, "_hf_peft_config_loaded", False)) and bool(getattr(transformer, "peft_config", {}))
+
+
+def original_peft_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """PEFT keys of the original model (`blocks.N.self_attn.q.lora_A.weight`) prefixed `diffusion_model.`.
+
+    Accepts the forms PEFT writes: with or without `base_model.model.` / `diffusion_model.`, and with the adapter
+    name (`lora_A.default.weight`).
+    """
+    out = {}
+    for key, value in state_dict.items():
+        name = key.removeprefix("base_model.model.").removeprefix("diffusion_model.")
+        name = name.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
+        out["diffusion_model." + name] = value
+    return out
+
+
+def lora_state_dict(source: Path | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A LoRA file or dict in diffusers' layout (`transformer.blocks.N.attn1.to_q.lora_A.weight`, alphas folded)."""
+    from diffusers.loaders import WanLoraLoaderMixin
+
+    if isinstance(source, dict):
+        source = dict(source)  # diffusers' converter pops keys
+    else:
+        source = str(source)
+    state = WanLoraLoaderMixin.lora_state_dict(source)
+    if not state or not all(".lora" in k or "lora_" in k for k in state):
+        raise ValueError("not a LoRA checkpoint: expected lora_A/lora_B (or lora_down/lora_up) tensors")
+    return state
+
+
+def _cast_adapter(transformer: torch.nn.Module, adapter_name: str, dtype: torch.dtype) -> None:
+    """Adapter weights in the transformer's compute dtype (the official run computes them under bf16 autocast)."""
+    for name, param in transformer.named_parameters():
+        if f".{adapter_name}." in name and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+
+
+def _check_loaded(transformer: torch.nn.Module, state: dict[str, torch.Tensor], adapter_name: str) -> None:
+    """Every LoRA tensor of `state` (diffusers keys) is in the model under `adapter_name` with the same values."""
+    params = dict(transformer.named_parameters())
+    missing, different = [], []
+    for key, value in state.items():
+        name = key.removeprefix("transformer.")
+        for part in (".lora_A.", ".lora_B."):
+            name = name.replace(part, f"{part}{adapter_name}.")
+        param = params.get(name)
+        if param is None:
+            missing.append(key)
+        elif not torch.allclose(param.detach().float().cpu(), value.float().cpu(), rtol=1e-2, atol=1e-3):
+            different.append(key)
+    if missing or different:
+        raise RuntimeError(
+            f"LoRA {adapter_name!r}: {len(missing)} tensors were not loaded (e.g. {missing[:3]}), "
+            f"{len(different)} differ after loading (e.g. {different[:3]})"
+        )
+
+
+def load_lora(
+    transformer: torch.nn.Module, source: Path | dict[str, torch.Tensor], adapter_name: str
+) -> dict[str, torch.Tensor]:
+    """Add one LoRA as an unmerged PEFT adapter, checked to have loaded in full; returns its diffusers state dict."""
+    from diffusers.loaders import WanLoraLoaderMixin
+
+    state = lora_state_dict(source)
+    # A T2V LoRA (no image-attention layers) gets zero image layers, as diffusers' load_lora_weights does.
+    state = WanLoraLoaderMixin._maybe_expand_t2v_lora_for_i2v(transformer, state)
+    transformer.load_lora_adapter(dict(state), adapter_name=adapter_name, prefix="transformer")
+    _check_loaded(transformer, state, adapter_name)
+    _cast_adapter(transformer, adapter_name, transformer_dtype(transformer))
+    return state
+
+
+def transformer_dtype(transformer: torch.nn.Module) -> torch.dtype:
+    """The dtype of the transformer's block weights (the compute dtype)."""
+    return transformer.patch_embedding.weight.dtype
+
+
+def load_relighting_lora(transformer: torch.nn.Module, path: Path, adapter_name: str = RELIGHTING_ADAPTER) -> str:
+    """Load relighting_lora.ckpt (weights_only: never unpickle code) as an inactive adapter; returns its name."""
+    checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not state:
+        raise ValueError(f"{path}: expected a torch checkpoint with a 'state_dict' of LoRA tensors")
+    load_lora(transformer, original_peft_keys(state), adapter_name)
+    set_active_adapters(transformer, {})
+    logger.info("relighting LoRA loaded from %s (%d tensors)", path, len(state))
+    return adapter_name
+
+
+def set_active_adapters(transformer: torch.nn.Module, weights: dict[str, float]) -> None:
+    """Activate exactly these adapters at these scales (none: LoRA layers bypassed)."""
+    if not _has_adapters(transformer):
+        if weights:
+            raise ValueError(f"no adapters are loaded; cannot activate {sorted(weights)}")
+        return
+    if not weights:
+        transformer.disable_lora()
+        return
+    transformer.enable_lora()
+    transformer.set_adapters(list(weights), [float(w) for w in weights.values()])
+
+
+@contextmanager
+def request_adapters(
+    transformer: torch.nn.Module,
+    relighting_adapter: str | None,
+    use_relighting: bool,
+    user_loras: Sequence[tuple[Path | str, float]],
+) -> Iterator[dict[str, float]]:
+    """For one request: load the user's LoRAs, activate them (and relighting when asked), undo it all afterwards."""
+    from .offload import refresh_transformer_offload, transformer_is_offloaded
+
+    loaded: list[str] = []
+    try:
+        weights: dict[str, float] = {}
+        if use_relighting and relighting_adapter is not None:
+            weights[relighting_adapter] = 1.0
+        for i, (path, weight) in enumerate(user_loras):
+            name = f"{USER_ADAPTER_PREFIX}{i}"
+            load_lora(transformer, Path(path), name)
+            loaded.append(name)
+            weights[name] = float(weight)
+        if loaded and transformer_is_offloaded(transformer):
+            refresh_transformer_offload(transformer)
+        set_active_adapters(transformer, weights)
+        yield weights
+    finally:
+        if loaded:
+            transformer.delete_adapters(loaded)
+        set_active_adapters(transformer, {})

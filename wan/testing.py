@@ -1,0 +1,207 @@
+"""Helpers for tests and the smoke preset: checkpoints written in the release's own formats, tiny inputs.
+
+Nothing here runs in a real generation. It lives in the package (not in tests/) so the tests of every wan
+module and the app's smoke path can share it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..preprocess.conditioning import Conditioning
+
+# diffusers name fragment -> original Wan name fragment, for keys inside `blocks.N.`; the inverse of the renames
+# in diffusers' `convert_wan_transformer_to_diffusers` (loaders/single_file_utils.py).
+_BLOCK_RENAMES: tuple[tuple[str, str], ...] = (
+    (".scale_shift_table", ".modulation"),
+    (".attn1.to_out.0.", ".self_attn.o."),
+    (".attn1.to_q.", ".self_attn.q."),
+    (".attn1.to_k.", ".self_attn.k."),
+    (".attn1.to_v.", ".self_attn.v."),
+    (".attn1.norm_q.", ".self_attn.norm_q."),
+    (".attn1.norm_k.", ".self_attn.norm_k."),
+    (".attn2.to_out.0.", ".cross_attn.o."),
+    (".attn2.to_q.", ".cross_attn.q."),
+    (".attn2.to_k.", ".cross_attn.k."),
+    (".attn2.to_v.", ".cross_attn.v."),
+    (".attn2.add_k_proj.", ".cross_attn.k_img."),
+    (".attn2.add_v_proj.", ".cross_attn.v_img."),
+    (".attn2.norm_q.", ".cross_attn.norm_q."),
+    (".attn2.norm_k.", ".cross_attn.norm_k."),
+    (".attn2.norm_added_k.", ".cross_attn.norm_k_img."),
+    (".norm2.", ".norm3."),  # diffusers' norm2 is the original cross-attention norm3
+    (".ffn.net.0.proj.", ".ffn.0."),
+    (".ffn.net.2.", ".ffn.2."),
+)
+
+_TOP_RENAMES: dict[str, str] = {
+    "scale_shift_table": "head.modulation",
+    "proj_out.weight": "head.head.weight",
+    "proj_out.bias": "head.head.bias",
+    "condition_embedder.time_embedder.linear_1.": "time_embedding.0.",
+    "condition_embedder.time_embedder.linear_2.": "time_embedding.2.",
+    "condition_embedder.time_proj.": "time_projection.1.",
+    "condition_embedder.text_embedder.linear_1.": "text_embedding.0.",
+    "condition_embedder.text_embedder.linear_2.": "text_embedding.2.",
+    "condition_embedder.image_embedder.norm1.": "img_emb.proj.0.",
+    "condition_embedder.image_embedder.ff.net.0.proj.": "img_emb.proj.1.",
+    "condition_embedder.image_embedder.ff.net.2.": "img_emb.proj.3.",
+    "condition_embedder.image_embedder.norm2.": "img_emb.proj.4.",
+    "motion_encoder.motion_synthesis_weight": "motion_encoder.dec.direction.weight",
+    "motion_encoder.motion_network.": "motion_encoder.enc.fc.",
+    "face_encoder.conv1_local.": "face_encoder.conv1_local.conv.",
+    "face_encoder.conv2.": "face_encoder.conv2.conv.",
+    "face_encoder.conv3.": "face_encoder.conv3.conv.",
+}
+
+
+def _motion_encoder_key(key: str, num_res_blocks: int) -> str | None:
+    """Original name of a diffusers motion-encoder conv key (None when not one of them)."""
+    if key == "motion_encoder.conv_in.weight":
+        return "motion_encoder.enc.net_app.convs.0.0.weight"
+    if key == "motion_encoder.conv_in.act_fn.bias":
+        return "motion_encoder.enc.net_app.convs.0.1.bias"
+    if key == "motion_encoder.conv_out.weight":
+        return f"motion_encoder.enc.net_app.convs.{num_res_blocks + 1}.weight"
+    match = re.fullmatch(r"motion_encoder\.res_blocks\.(\d+)\.(.+)", key)
+    if match is None:
+        return None
+    conv = int(match.group(1)) + 1
+    rest = {
+        "conv1.weight": "conv1.0.weight",
+        "conv1.act_fn.bias": "conv1.1.bias",
+        "conv2.weight": "conv2.1.weight",
+        "conv2.act_fn.bias": "conv2.2.bias",
+        "conv_skip.weight": "skip.1.weight",
+    }[match.group(2)]
+    return f"motion_encoder.enc.net_app.convs.{conv}.{rest}"
+
+
+def to_original_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A diffusers WanAnimateTransformer3DModel state dict in the original Wan-Animate key layout.
+
+    The inverse of diffusers' converter: renames, face-adapter to_k/to_v fused back into linear1_kv, motion-encoder
+    activation biases reshaped to the original (1, C, 1, 1). Used to write test checkpoints like the release's.
+    """
+    num_res_blocks = len({k.split(".")[2] for k in state_dict if k.startswith("motion_encoder.res_blocks.")})
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.startswith("blocks."):
+            new = key
+            for diffusers_name, original_name in _BLOCK_RENAMES:
+                new = new.replace(diffusers_name, original_name)
+            out[new] = value
+            continue
+        match = re.fullmatch(r"face_adapter\.(\d+)\.(.+)", key)
+        if match is not None:
+            index, rest = match.groups()
+            prefix = f"face_adapter.fuser_blocks.{index}."
+            if rest.startswith("to_k."):
+                kind = rest[len("to_k.") :]
+                value_part = state_dict[f"face_adapter.{index}.to_v.{kind}"]
+                out[prefix + "linear1_kv." + kind] = torch.cat([value, value_part], dim=0)
+            elif rest.startswith("to_v."):
+                continue  # fused with to_k above
+            else:
+                rest = rest.replace("to_q.", "linear1_q.").replace("to_out.", "linear2.")
+                rest = rest.replace("norm_q.", "q_norm.").replace("norm_k.", "k_norm.")
+                out[prefix + rest] = value
+            continue
+        motion_key = _motion_encoder_key(key, num_res_blocks)
+        if motion_key is not None:
+            out[motion_key] = value[None, :, None, None] if motion_key.endswith(".bias") else value
+            continue
+        new = key
+        for diffusers_prefix, original_prefix in _TOP_RENAMES.items():
+            if key.startswith(diffusers_prefix):
+                new = original_prefix + key[len(diffusers_prefix) :]
+                break
+        out[new] = value
+    return out
+
+
+def original_config(transformer_config: dict) -> dict:
+    """The original release's config.json fields (WanAnimateModel) for a diffusers transformer config."""
+    dim = transformer_config["num_attention_heads"] * transformer_config["attention_head_dim"]
+    return {
+        "_class_name": "WanAnimateModel",
+        "patch_size": list(transformer_config["patch_size"]),
+        "text_len": 512,
+        "in_dim": transformer_config["in_channels"],
+        "dim": dim,
+        "ffn_dim": transformer_config["ffn_dim"],
+        "freq_dim": transformer_config["freq_dim"],
+        "text_dim": transformer_config["text_dim"],
+        "out_dim": transformer_config["out_channels"],
+        "num_heads": transformer_config["num_attention_heads"],
+        "num_layers": transformer_config["num_layers"],
+        "window_size": [-1, -1],
+        "qk_norm": True,
+        "cross_attn_norm": transformer_config["cross_attn_norm"],
+        "eps": transformer_config["eps"],
+        "motion_encoder_dim": transformer_config["motion_encoder_dim"],
+    }
+
+
+def write_original_checkpoint(transformer: torch.nn.Module, folder: Path, num_shards: int = 2) -> Path:
+    """Write `transformer` like the release: config.json + sharded safetensors in the original layout + index."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in to_original_layout(transformer.state_dict()).items()}
+    keys = sorted(state)
+    shards = [keys[i::num_shards] for i in range(num_shards)]
+    weight_map = {}
+    for i, shard_keys in enumerate(shards):
+        name = f"diffusion_pytorch_model-{i + 1:05d}-of-{num_shards:05d}.safetensors"
+        save_file({k: state[k] for k in shard_keys}, str(folder / name))
+        weight_map.update(dict.fromkeys(shard_keys, name))
+    index = {
+        "metadata": {"total_size": sum(v.numel() * v.element_size() for v in state.values())},
+        "weight_map": weight_map,
+    }
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    (folder / "config.json").write_text(json.dumps(original_config(dict(transformer.config)), indent=2))
+    return folder
+
+
+def tiny_conditioning(
+    num_frames: int,
+    height: int = 64,
+    width: int = 64,
+    mode: str = "animation",
+    seed: int = 0,
+    face_size: int = 512,
+) -> Conditioning:
+    """Random but smooth test inputs of the real contract's shapes (faces at 512 unless told)."""
+    rng = np.random.default_rng(seed)
+
+    def smooth_video(t: int, h: int, w: int) -> np.ndarray:
+        base = rng.integers(0, 256, size=(1, h // 8 + 1, w // 8 + 1, 3)).astype(np.float32)
+        drift = rng.normal(0, 8, size=(t, 1, 1, 3)).cumsum(axis=0).astype(np.float32)
+        frames = np.repeat(np.repeat(base, 8, axis=1), 8, axis=2)[:, :h, :w] + drift
+        return np.clip(frames, 0, 255).astype(np.uint8)
+
+    pose = smooth_video(num_frames, height, width)
+    face = smooth_video(num_frames, face_size, face_size)
+    reference = smooth_video(1, height, width)[0]
+    background = mask = None
+    if mode == "replacement":
+        background = smooth_video(num_frames, height, width)
+        mask = np.zeros((num_frames, height, width), dtype=np.uint8)
+        mask[:, height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = 1
+        background[mask.astype(bool)] = 0
+    return Conditioning(
+        pose_frames=pose,
+        face_frames=face,
+        reference=reference,
+        fps=30.0,
+        background_frames=background,
+        mask_frames=mask,
+    )

@@ -70,8 +70,10 @@ MODES: dict[str, dict[str, Any] | None] = {
     "cudnn_eager": {"compile_blocks": False},
     "fast": {},
     "fast_sage": {"sage_attention": True},
+    "fast_fp8attn": {"fp8_attention": True},
     "fast_fp8": {"fp8_linears": True},
     "fast_fp8_sage": {"fp8_linears": True, "sage_attention": True},
+    "fast_fp8_fp8attn": {"fp8_linears": True, "fp8_attention": True},
 }
 COMPILE_ESTIMATE_S = 120.0  # budget guess for one regional compile before it has been measured
 
@@ -111,7 +113,7 @@ def environment() -> dict[str, Any]:
         "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
-    for name in ("triton", "torchao", "sageattention"):
+    for name in ("triton", "torchao", "sageattention", "nvidia-cudnn-frontend"):
         try:
             from importlib.metadata import version
 
@@ -179,7 +181,18 @@ def count_host_syncs(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) ->
         finally:
             torch.cuda.set_sync_debug_mode(0)
     torch.cuda.synchronize()
-    return [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
+    found = [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
+    if found:  # the first sync again, as an error, to record the Python stack that caused it
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            speed.run_forward(model, inputs)
+        except RuntimeError:
+            frames = traceback.extract_tb(sys.exc_info()[2])
+            found.append(" <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames[-6:])))
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        torch.cuda.synchronize()
+    return found
 
 
 def attention_microbench(token_counts: dict[str, int], heads: int, head_dim: int, reps: int) -> list[dict]:
@@ -199,6 +212,7 @@ def attention_microbench(token_counts: dict[str, int], heads: int, head_dim: int
             for name in ("native", "_native_cudnn", "_native_flash", "_native_efficient")
         }
         kernels["sage1 (wan/speed.py)"] = speed.sage_attention
+        kernels["cudnn_fp8 (wan/speed.py)"] = speed.cudnn_fp8_attention
         ref = None
         flops = 4 * tokens * tokens * head_dim * heads
         for name, fn in kernels.items():

@@ -37,11 +37,14 @@ TINY_CONFIG = {
 }
 
 
-def tiny_model(num_layers: int = 2, seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32):
+def tiny_model(
+    num_layers: int = 2, seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32, head_dim: int = 12
+):
     from diffusers import WanAnimateTransformer3DModel
 
     torch.manual_seed(seed)
-    model = WanAnimateTransformer3DModel(**{**TINY_CONFIG, "num_layers": num_layers})
+    overrides = {"num_layers": num_layers, "attention_head_dim": head_dim, "added_kv_proj_dim": 2 * head_dim}
+    model = WanAnimateTransformer3DModel(**{**TINY_CONFIG, **overrides})
     return model.to(device=device, dtype=dtype).eval()
 
 
@@ -102,6 +105,22 @@ def test_opt_in_modes_need_cuda():
         speed.apply_speed_options(model, speed.SpeedOptions(fp8_linears=True, compile_blocks=False))
     with pytest.raises(RuntimeError, match="CUDA"):
         speed.apply_speed_options(model, speed.SpeedOptions(sage_attention=True, compile_blocks=False))
+    with pytest.raises(RuntimeError, match="CUDA"):
+        speed.apply_speed_options(model, speed.SpeedOptions(fp8_attention=True, compile_blocks=False))
+    with pytest.raises(ValueError, match="one of"):
+        speed.apply_speed_options(model, speed.SpeedOptions(sage_attention=True, fp8_attention=True))
+
+
+def test_fp8_per_tensor_quantization_round_trip():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 64, 3, 16, generator=gen, dtype=torch.float32) * 7.0
+    x_fp8, descale = speed.quantize_fp8_per_tensor(x)
+    assert x_fp8.dtype == torch.float8_e4m3fn and descale.shape == (1, 1, 1, 1)
+    # The largest magnitude maps to the top of the e4m3 range; descale undoes the scale.
+    assert x_fp8.float().abs().max().item() == speed.FP8_E4M3_MAX
+    torch.testing.assert_close(descale.reshape(()), x.abs().max() / speed.FP8_E4M3_MAX)
+    # e4m3 keeps 3 mantissa bits: relative rounding error at most 2^-4 per element for normal numbers.
+    assert rel_l2(x_fp8.float() * descale, x) < 2**-4
 
 
 def test_default_path_on_cpu_compiles_fullgraph_and_keeps_output():
@@ -190,7 +209,8 @@ def test_first_block_cache_is_wrong_on_this_model():
 
 
 def cuda_pair(**option_overrides):
-    model = tiny_model(device="cuda", dtype=torch.bfloat16)
+    # Head dim 16: cuDNN attention needs a multiple of 8 (the real model has 128).
+    model = tiny_model(device="cuda", dtype=torch.bfloat16, head_dim=16)
     inputs = tiny_inputs(model, device="cuda", dtype=torch.bfloat16)
     ref = speed.run_forward(model, inputs).float()
     torch._dynamo.reset()
@@ -217,6 +237,18 @@ def test_cuda_sage_attention_head_dim_128():
     out = speed.sage_attention(q, k, v)
     assert out.shape == q.shape and out.dtype == torch.bfloat16
     assert rel_l2(out.float(), ref) < 5e-2
+
+
+@pytest.mark.gpu
+def test_cuda_cudnn_fp8_attention_against_sdpa():
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 1024, 4, 128, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
+    ref = speed.sdpa_attention(q.float(), k.float(), v.float())
+    out = speed.cudnn_fp8_attention(q, k, v)
+    assert out.shape == q.shape and out.dtype == torch.bfloat16
+    deviation = rel_l2(out.float(), ref)
+    print(f"cuDNN FP8 attention relative L2 vs fp32 SDPA: {deviation:.4f}")
+    assert deviation < 0.1
 
 
 @pytest.mark.gpu

@@ -51,6 +51,8 @@ class SpeedOptions:
     sage_attention: opt-in; SageAttention 1 (int8 Q.K^T, fp16 P.V; a Triton kernel from PyPI `sageattention`
         1.0.6) for the self-attention of the 40 DiT blocks. Cross-attention and face adapters keep
         `attention_backend`.
+    fp8_attention: opt-in; cuDNN's fused FP8 attention (e4m3 Q, K, V with per-tensor scales, bf16 output) through
+        PyPI `nvidia-cudnn-frontend`, for the self-attention of the 40 DiT blocks. Exclusive with sage_attention.
     """
 
     attention_backend: str | None = DEFAULT_ATTENTION_BACKEND
@@ -59,6 +61,7 @@ class SpeedOptions:
     compile_mode: str | None = None
     fp8_linears: bool = False
     sage_attention: bool = False
+    fp8_attention: bool = False
 
 
 def apply_speed_options(
@@ -69,9 +72,11 @@ def apply_speed_options(
     Call once, after weights and any fused LoRA are loaded and the model is on its final device, then `warmup` with
     inputs of the shapes the run will use. Order matters: FP8 swaps weights before compile traces them.
     """
+    if options.sage_attention and options.fp8_attention:
+        raise ValueError("choose one of sage_attention and fp8_attention")
     on_cuda = next(transformer.parameters()).device.type == "cuda"
-    if (options.fp8_linears or options.sage_attention) and not on_cuda:
-        raise RuntimeError("fp8_linears and sage_attention need the transformer on a CUDA GPU")
+    if (options.fp8_linears or options.sage_attention or options.fp8_attention) and not on_cuda:
+        raise RuntimeError("fp8_linears, sage_attention and fp8_attention need the transformer on a CUDA GPU")
 
     if options.fp8_linears:
         quantize_block_linears_fp8(transformer)
@@ -79,6 +84,8 @@ def apply_speed_options(
         transformer.set_attention_backend(options.attention_backend)
     if options.sage_attention:
         use_self_attention_fn(transformer, sage_attention)
+    if options.fp8_attention:
+        use_self_attention_fn(transformer, cudnn_fp8_attention)
     if options.compile_blocks:
         compile_blocks(transformer, backend=options.compile_backend, mode=options.compile_mode)
     return transformer
@@ -154,6 +161,125 @@ def _sage_op() -> Any:
 def sage_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """SageAttention 1 on [B, S, H, D] bf16 CUDA tensors: int8 per-block Q and K, fp16 P.V, output in q's dtype."""
     return _sage_op()(query.contiguous(), key.contiguous(), value.contiguous())
+
+
+FP8_E4M3_MAX = 448.0
+
+
+def quantize_fp8_per_tensor(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x -> (x * s as float8 e4m3, 1/s as a [1, 1, 1, 1] float32 tensor) with s = 448 / max|x|, all on the device
+    (no host sync)."""
+    amax = x.abs().amax().float().clamp_min(1e-12)
+    scale = FP8_E4M3_MAX / amax
+    x_fp8 = (x.float() * scale).to(torch.float8_e4m3fn)
+    return x_fp8, (1.0 / scale).reshape(1, 1, 1, 1)
+
+
+def _build_fp8_sdpa_plan(
+    cudnn: Any, handle: Any, batch: int, seq_q: int, seq_kv: int, heads: int, head_dim: int, fp8_out: bool
+):
+    """A built cuDNN graph: FP8 Q, K, V in [B, S, H, D] memory order -> O in the same order, bf16 (or FP8 where
+    cuDNN offers only that), softmax probabilities quantized with the fixed scale 448 (they lie in [0, 1] before
+    normalisation)."""
+    fp8, f32 = cudnn.data_type.FP8_E4M3, cudnn.data_type.FLOAT
+    graph = cudnn.pygraph(handle=handle, io_data_type=fp8, intermediate_data_type=f32, compute_data_type=f32)
+    q_stride = [seq_q * heads * head_dim, head_dim, heads * head_dim, 1]  # [B, H, S, D] dims over BSHD memory
+    kv_stride = [seq_kv * heads * head_dim, head_dim, heads * head_dim, 1]
+    q = graph.tensor(name="q", dim=[batch, heads, seq_q, head_dim], stride=q_stride, data_type=fp8)
+    k = graph.tensor(name="k", dim=[batch, heads, seq_kv, head_dim], stride=kv_stride, data_type=fp8)
+    v = graph.tensor(name="v", dim=[batch, heads, seq_kv, head_dim], stride=kv_stride, data_type=fp8)
+    scalars = {
+        name: graph.tensor(name=name, dim=[1, 1, 1, 1], stride=[1, 1, 1, 1], data_type=f32)
+        for name in ("descale_q", "descale_k", "descale_v", "descale_s", "scale_s", "scale_o")
+    }
+    o, _, amax_s, amax_o = graph.sdpa_fp8(
+        q, k, v, *scalars.values(), generate_stats=False, attn_scale=head_dim**-0.5, name="sdpa_fp8"
+    )
+    o.set_output(True).set_dim([batch, heads, seq_q, head_dim]).set_stride(q_stride)
+    o.set_data_type(fp8 if fp8_out else cudnn.data_type.BFLOAT16)
+    for amax in (amax_s, amax_o):
+        amax.set_output(True).set_dim([1, 1, 1, 1]).set_stride([1, 1, 1, 1]).set_data_type(f32)
+    graph.validate()
+    graph.build_operation_graph()
+    graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+    graph.check_support()
+    graph.build_plans()
+    tensors = {"q": q, "k": k, "v": v, "o": o, "amax_s": amax_s, "amax_o": amax_o, **scalars}
+    return graph, tensors, graph.get_workspace_size()
+
+
+def _cudnn_fp8_op() -> Any:
+    """The cuDNN FP8 attention custom op, registered with torch on first use (opaque to torch.compile). Built cuDNN
+    plans are kept per shape in the op's closure, like torch keeps its own cuDNN plans."""
+    namespace = torch.ops.wan_animate
+    if hasattr(namespace, "cudnn_fp8_attention"):
+        return namespace.cudnn_fp8_attention
+    plans: dict[tuple, Any] = {}
+
+    @torch.library.custom_op("wan_animate::cudnn_fp8_attention", mutates_args=(), device_types="cuda")
+    def _cudnn_fp8_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        import cudnn
+
+        batch, seq_q, heads, head_dim = query.shape
+        seq_kv = key.shape[1]
+        device = query.device
+        handle_key = ("handle", device.index)
+        if handle_key not in plans:
+            with torch.cuda.device(device):
+                plans[handle_key] = cudnn.create_handle()
+        handle = plans[handle_key]
+        cudnn.set_stream(handle=handle, stream=torch.cuda.current_stream(device).cuda_stream)
+        shape_key = (device.index, batch, seq_q, seq_kv, heads, head_dim)
+        if shape_key not in plans:
+            try:
+                plans[shape_key] = (*_build_fp8_sdpa_plan(cudnn, handle, *shape_key[1:], fp8_out=False), False)
+            except Exception as bf16_error:  # no bf16-output FP8 kernel in this cuDNN: FP8 output, scaled back below
+                try:
+                    plans[shape_key] = (*_build_fp8_sdpa_plan(cudnn, handle, *shape_key[1:], fp8_out=True), True)
+                except Exception as fp8_error:
+                    raise RuntimeError(
+                        f"cuDNN FP8 attention unavailable; bf16 output: {bf16_error!r}; fp8 output: {fp8_error!r}"
+                    ) from fp8_error
+        graph, tensors, workspace_size, fp8_out = plans[shape_key]
+
+        q8, descale_q = quantize_fp8_per_tensor(query)
+        k8, descale_k = quantize_fp8_per_tensor(key)
+        v8, descale_v = quantize_fp8_per_tensor(value)
+        one = torch.ones(1, 1, 1, 1, device=device, dtype=torch.float32)
+        out_dtype = torch.float8_e4m3fn if fp8_out else torch.bfloat16
+        out = torch.empty(batch, seq_q, heads, head_dim, device=device, dtype=out_dtype)
+        # |O| <= max|V| (rows of softmax sum to 1); 10% headroom for the rounding of the FP8 probabilities.
+        scale_o = 0.9 / descale_v if fp8_out else one
+        buffers = {
+            "q": q8.contiguous(),
+            "k": k8.contiguous(),
+            "v": v8.contiguous(),
+            "o": out,
+            "amax_s": torch.empty_like(one),
+            "amax_o": torch.empty_like(one),
+            "descale_q": descale_q,
+            "descale_k": descale_k,
+            "descale_v": descale_v,
+            "descale_s": one / FP8_E4M3_MAX,
+            "scale_s": one * FP8_E4M3_MAX,
+            "scale_o": scale_o,
+        }
+        workspace = torch.empty(max(workspace_size, 1), device=device, dtype=torch.uint8)
+        graph.execute({tensors[name]: buf for name, buf in buffers.items()}, workspace, handle=handle)
+        if fp8_out:
+            return (out.float() / scale_o).to(torch.bfloat16)
+        return out
+
+    @_cudnn_fp8_attention.register_fake
+    def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return torch.empty_like(query, dtype=torch.bfloat16)
+
+    return namespace.cudnn_fp8_attention
+
+
+def cudnn_fp8_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """cuDNN fused attention with FP8 (e4m3) Q, K, V and per-tensor scales on [B, S, H, D] CUDA tensors; bf16 out."""
+    return _cudnn_fp8_op()(query.contiguous(), key.contiguous(), value.contiguous())
 
 
 def apply_rotary(x_bshd: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,76 @@
+"""JSON in -> MP4 out through the local runner with the smoke preset (tiny random weights, real code paths)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from local_runner import APP_ROOT, main
+
+EXAMPLE = APP_ROOT / "examples" / "smoke"
+
+
+def ffprobe_streams(path: Path) -> str:
+    """ffmpeg's own description of the file's streams (imageio-ffmpeg ships the binary)."""
+    import imageio_ffmpeg
+
+    result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True, text=True)
+    return result.stderr
+
+
+def count_frames(path: Path) -> int:
+    import imageio_ffmpeg
+
+    frames, _seconds = imageio_ffmpeg.count_frames_and_secs(str(path))
+    return frames
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path]:
+    out = tmp_path_factory.mktemp("smoke")
+    code = main(["run", str(EXAMPLE / "input.json"), "--setup", str(EXAMPLE / "setup.json"), "--output-dir", str(out)])
+    return code, out
+
+
+def test_smoke_example_writes_an_mp4_with_the_expected_frames_size_fps_and_audio(smoke_run: tuple[int, Path]) -> None:
+    code, out = smoke_run
+    assert code == 0
+    result = json.loads((out / "output.json").read_text())
+    video = Path(result["video"]["path"])
+    assert video.is_file() and video.parent == out
+    # 2.0 s of 15 fps source resampled to 8 fps: int(30 / 15 * 8) = 16 frames.
+    assert result["num_frames"] == 16 and count_frames(video) == 16
+    # Animation mode sizes from the reference image (512x600) at area 512*512, sides floored to 16:
+    # h = sqrt(262144 * 600 / 512) = 554.3 -> 544, w = 262144 / 554.3 = 472.96 -> 464.
+    assert (result["width"], result["height"]) == (464, 544)
+    streams = ffprobe_streams(video)
+    assert re.search(r"Video: h264.*464x544", streams), streams
+    assert re.search(r"\b8 fps\b", streams), streams
+    assert "Audio:" in streams  # the driving clip has an AAC track: carried over
+    assert result["seed"] == 42
+    assert result["output_meta"]["outputs"][0]["seconds"] == pytest.approx(2.0)
+    assert set(result["timings"]) >= {"preprocess", "generate_and_encode", "total"}
+
+
+def test_bad_json_input_exits_2_with_the_field_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    request = json.loads((EXAMPLE / "input.json").read_text())
+    request["clip_len"] = 10
+    request["driving_video"] = {"path": str(EXAMPLE / "driving.mp4")}
+    request["reference_image"] = {"path": str(EXAMPLE / "reference.jpg")}
+    path = tmp_path / "input.json"
+    path.write_text(json.dumps(request))
+    assert main(["run", str(path), "--setup", str(EXAMPLE / "setup.json"), "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "clip_len" in err and "4n+1" in err and "Traceback" not in err
+
+
+def test_missing_file_exits_2_naming_the_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "input.json"
+    path.write_text(json.dumps({"driving_video": {"path": "nope.mp4"}, "reference_image": {"path": "nope.png"}}))
+    assert main(["run", str(path), "--setup", str(EXAMPLE / "setup.json"), "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "[file_not_found] driving_video" in err

@@ -1,0 +1,323 @@
+"""Replacement masks: refinement and background on hand-made arrays, chunking/key frames/fallbacks with a
+fake segmenter, the SAM2 checkpoint conversion against the real key layout, the tiny SAM2 on real frames."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import fixture_path
+from wan_animate.errors import InputError
+from wan_animate.preprocess import masks as M
+from wan_animate.preprocess.pose_meta import PoseMeta
+
+DATA = Path(__file__).parent / "data"
+
+
+def one_frame(mask: np.ndarray) -> np.ndarray:
+    return mask[None].astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------
+# refine_masks / grid_fill / remove_person
+
+
+def test_dilation_of_a_single_pixel_grows_a_square_per_iteration():
+    mask = np.zeros((11, 11), np.uint8)
+    mask[5, 5] = 1
+    once = M.refine_masks(one_frame(mask), iterations=1, kernel_size=3, w_subdivisions=1, h_subdivisions=1)[0]
+    expected = np.zeros((11, 11), np.uint8)
+    expected[4:7, 4:7] = 1
+    np.testing.assert_array_equal(once, expected)
+    twice = M.refine_masks(one_frame(mask), iterations=2, kernel_size=3, w_subdivisions=1, h_subdivisions=1)[0]
+    expected[3:8, 3:8] = 1
+    np.testing.assert_array_equal(twice, expected)
+    k5 = M.refine_masks(one_frame(mask), iterations=1, kernel_size=5, w_subdivisions=1, h_subdivisions=1)[0]
+    np.testing.assert_array_equal(k5, expected)  # one 5x5 pass = two 3x3 passes
+
+
+def test_dilation_stops_at_the_border():
+    mask = np.zeros((6, 6), np.uint8)
+    mask[0, 0] = 1
+    out = M.refine_masks(one_frame(mask), iterations=1, kernel_size=3, w_subdivisions=1, h_subdivisions=1)[0]
+    expected = np.zeros((6, 6), np.uint8)
+    expected[:2, :2] = 1
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_zero_iterations_means_no_dilation_and_no_grid():
+    masks = np.zeros((2, 6, 6), np.uint8)
+    masks[0, 1, 1] = masks[0, 4, 4] = 1
+    masks[1, 2, 3] = 255  # kept binary: any non-zero is 1
+    out = M.refine_masks(masks, iterations=0, kernel_size=7, w_subdivisions=1, h_subdivisions=1)
+    expected = (masks > 0).astype(np.uint8)
+    np.testing.assert_array_equal(out, expected)
+    assert out.dtype == np.uint8
+
+
+def test_grid_1x1_fills_the_whole_bounding_rectangle():
+    mask = np.zeros((8, 10), np.uint8)
+    mask[1, 2] = mask[6, 7] = 1  # two opposite corners of the box rows 1-6, cols 2-7
+    expected = np.zeros((8, 10), np.uint8)
+    expected[1:7, 2:8] = 1  # last row and column included
+    np.testing.assert_array_equal(M.grid_fill(mask, 1, 1), expected)
+
+
+def test_grid_fills_only_cells_that_hold_mask():
+    mask = np.zeros((6, 12), np.uint8)
+    mask[1, 0] = mask[4, 9] = 1  # box rows 1-4 (height 4), cols 0-9 (width 10)
+    # 2x2: cells cols [0,5) [5,10), rows [1,3) [3,5): only the top-left and bottom-right hold mask
+    expected = np.zeros((6, 12), np.uint8)
+    expected[1:3, 0:5] = 1
+    expected[3:5, 5:10] = 1
+    np.testing.assert_array_equal(M.grid_fill(mask, 2, 2), expected)
+    # 3x1: column edges floor(i * 10 / 3) = 0, 3, 6; the middle third holds nothing
+    expected = np.zeros((6, 12), np.uint8)
+    expected[1:5, 0:3] = 1
+    expected[1:5, 6:10] = 1
+    np.testing.assert_array_equal(M.grid_fill(mask, 3, 1), expected)
+
+
+def test_grid_finer_than_the_box_and_empty_frames_do_not_crash():
+    mask = np.zeros((5, 5), np.uint8)
+    mask[2, 1] = mask[2, 2] = 1  # a 1x2 box split 5 ways: every pixel its own cell
+    np.testing.assert_array_equal(M.grid_fill(mask, 5, 5), mask)
+    empty = np.zeros((2, 5, 5), np.uint8)
+    out = M.refine_masks(empty, iterations=3, kernel_size=7, w_subdivisions=4, h_subdivisions=4)
+    np.testing.assert_array_equal(out, empty)
+
+
+def test_refine_masks_dilates_then_fills_the_grid():
+    mask = np.zeros((12, 12), np.uint8)
+    mask[3, 3] = mask[8, 8] = 1
+    out = M.refine_masks(one_frame(mask), iterations=1, kernel_size=3, w_subdivisions=1, h_subdivisions=1)[0]
+    expected = np.zeros((12, 12), np.uint8)
+    expected[2:10, 2:10] = 1  # dilated to rows/cols 2-9, then the box is filled
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_remove_person_zeroes_the_masked_pixels():
+    frames = np.full((2, 3, 4, 3), 200, np.uint8)
+    masks = np.zeros((2, 3, 4), np.uint8)
+    masks[1, 0, 1] = 1
+    out = M.remove_person(frames, masks)
+    expected = frames.copy()
+    expected[1, 0, 1] = 0
+    np.testing.assert_array_equal(out, expected)
+    assert out.dtype == np.uint8
+    with pytest.raises(ValueError):
+        M.remove_person(frames, masks[:, :2])
+
+
+# ---------------------------------------------------------------------------------------------------
+# key frames, clicks, fallbacks
+
+
+def test_key_frames_follow_the_official_rule():
+    assert M.key_frames(400) == [0, 100, 200, 300]
+    assert M.key_frames(10) == [0, 2, 4, 6, 8]  # step 10 // 4 = 2
+    assert M.key_frames(7) == list(range(7))  # step 1
+    assert M.key_frames(4) == [0]
+    assert M.key_frames(1) == [0]
+    assert M.key_frames(0) == []
+
+
+def pose_with(points: dict[int, tuple[float, float, float]], width: int = 64, height: int = 48) -> PoseMeta:
+    pose = PoseMeta.empty(width, height)
+    for index, value in points.items():
+        pose.body[index] = value
+    return pose
+
+
+def test_click_points_keep_confident_in_frame_points_in_official_order():
+    pose = pose_with({
+        0: (10.7, 5.2, 0.9),  # nose
+        1: (11.0, 9.9, 0.5),  # neck (exactly at the threshold: kept)
+        2: (8.0, 10.0, 0.49),  # right shoulder: too unsure
+        10: (12.0, 47.5, 0.9),  # right ankle
+        13: (13.0, 48.0, 0.9),  # left ankle: y == height, outside the frame
+        3: (20.0, 20.0, 1.0),  # elbow: not a click point
+    })  # fmt: skip
+    np.testing.assert_array_equal(M.click_points(pose, 48, 64), [[10, 5], [11, 9], [12, 47]])
+
+
+class FakeSegmenter:
+    """Returns preset masks per frame index and records every call."""
+
+    def __init__(self, masks: np.ndarray) -> None:
+        self.masks = masks
+        self.calls: list[tuple[list[int], dict[int, list[list[int]]]]] = []
+
+    def segment(self, frames: np.ndarray, clicks: dict[int, np.ndarray]) -> np.ndarray:
+        indices = [int(f[0, 0, 0]) for f in frames]  # each test frame carries its index in pixel (0, 0)
+        self.calls.append((indices, {k: np.asarray(v).tolist() for k, v in clicks.items()}))
+        return self.masks[indices].astype(bool)
+
+
+def indexed_frames(count: int, height: int = 48, width: int = 64) -> np.ndarray:
+    frames = np.zeros((count, height, width, 3), np.uint8)
+    frames[:, 0, 0, 0] = np.arange(count)
+    return frames
+
+
+def standing_pose(shift: int = 0) -> PoseMeta:
+    return pose_with({0: (20 + shift, 5, 0.9), 1: (20 + shift, 10, 0.9), 8: (18 + shift, 25, 0.9)})
+
+
+def test_person_masks_chunks_and_key_frames():
+    count = 20
+    sam = np.zeros((count, 48, 64), bool)
+    sam[:, 10:20, 10:30] = True
+    poses = [standing_pose(i % 3) for i in range(count)]
+    poses[2] = pose_with({0: (5, 5, 0.2)})  # a key frame without a confident point is not prompted
+    fake = FakeSegmenter(sam)
+    out = M.person_masks(indexed_frames(count), poses, fake, chunk_size=8)
+    assert [call[0] for call in fake.calls] == [list(range(0, 8)), list(range(8, 16)), list(range(16, 20))]
+    assert list(fake.calls[0][1]) == [0, 4, 6]  # key frames 0, 2, 4, 6 of 8; frame 2 skipped
+    assert list(fake.calls[1][1]) == [0, 2, 4, 6]
+    assert list(fake.calls[2][1]) == [0]  # 4 frames: one key frame
+    assert fake.calls[1][1][2] == [[21, 5], [21, 10], [19, 25]]  # frame 10 = standing_pose(1): local index 2
+    np.testing.assert_array_equal(out, sam.astype(np.uint8))
+    assert out.dtype == np.uint8
+
+
+def test_empty_sam_frames_take_the_nearest_mask(caplog):
+    count = 6
+    sam = np.zeros((count, 48, 64), bool)
+    sam[1, 0:5, 0:5] = True
+    sam[4, 10:15, 10:15] = True
+    fake = FakeSegmenter(sam)
+    with caplog.at_level(logging.WARNING, logger="wan_animate.preprocess.masks"):
+        out = M.person_masks(indexed_frames(count), [standing_pose()] * count, fake)
+    # frame 0 <- 1; 2 <- 1 (1 away, 4 is 2 away); 3 <- 4; 5 <- 4
+    for frame, source in ((0, 1), (1, 1), (2, 1), (3, 4), (4, 4), (5, 4)):
+        np.testing.assert_array_equal(out[frame], sam[source])
+    assert "0, 2-3, 5" in caplog.text
+
+
+def test_no_sam_mask_anywhere_falls_back_to_pose_boxes():
+    count = 3
+    fake = FakeSegmenter(np.zeros((count, 48, 64), bool))
+    detector = standing_pose()
+    detector.person_box = np.array([5.2, 6.0, 9.5, 12.0, 0.8], np.float32)
+    keypoints_only = pose_with({0: (20, 10, 0.9), 1: (30, 30, 0.9), 5: (25, 20, 0.3)})
+    nobody = PoseMeta.empty(64, 48)
+    out = M.person_masks(indexed_frames(count), [detector, keypoints_only, nobody], fake)
+    expected_box = np.zeros((48, 64), np.uint8)
+    expected_box[6:13, 5:11] = 1  # floor/ceil of the detector box, inclusive
+    np.testing.assert_array_equal(out[0], expected_box)
+    expected_points = np.zeros((48, 64), np.uint8)
+    expected_points[8:33, 19:32] = 1  # x 20-30, y 10-30 grown by 10% per side: x 19-31, y 8-32
+    np.testing.assert_array_equal(out[1], expected_points)
+    np.testing.assert_array_equal(out[2], expected_points)  # nearest frame with a box
+
+
+def test_nothing_to_mask_raises_input_error():
+    fake = FakeSegmenter(np.zeros((2, 48, 64), bool))
+    with pytest.raises(InputError) as error:
+        M.person_masks(indexed_frames(2), [PoseMeta.empty(64, 48)] * 2, fake)
+    assert error.value.code == "cannot_mask_person" and error.value.field == "driving_video"
+    assert fake.calls == []  # no confident point: SAM2 is not even prompted
+
+
+def test_chunk_without_any_confident_point_borrows_from_its_neighbours():
+    count = 6
+    sam = np.zeros((count, 48, 64), bool)
+    sam[:, 1:3, 1:3] = True
+    poses = [standing_pose()] * 3 + [PoseMeta.empty(64, 48)] * 3
+    fake = FakeSegmenter(sam)
+    out = M.person_masks(indexed_frames(count), poses, fake, chunk_size=3)
+    assert [call[0] for call in fake.calls] == [[0, 1, 2]]
+    np.testing.assert_array_equal(out[3:], np.broadcast_to(sam[2], (3, 48, 64)))
+
+
+def test_a_chunk_whose_key_frames_are_unsure_is_prompted_on_its_first_confident_frame():
+    poses = [PoseMeta.empty(64, 48)] * 9  # key frames 0, 2, 4, 6, 8
+    poses[3] = standing_pose()
+    assert list(M.chunk_clicks(poses, 48, 64)) == [3]
+
+
+def test_nearest_filled():
+    filled = np.array([False, True, False, False, True, False])
+    np.testing.assert_array_equal(M.nearest_filled(filled), [1, 1, 1, 4, 4, 4])
+
+
+def test_fill_small_holes_on_low_res_logits():
+    logits = np.full((8, 8), 2.0, np.float32)
+    logits[2:4, 2:4] = -1.0  # a 4-pixel hole: filled with 0.1
+    logits[:, 6:] = -3.0  # a 16-pixel background strip: kept
+    out = M.fill_small_holes(logits, 8)
+    expected = logits.copy()
+    expected[2:4, 2:4] = 0.1
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(M.fill_small_holes(logits, 0), logits)
+
+
+# ---------------------------------------------------------------------------------------------------
+# SAM2 weights
+
+
+def test_original_large_checkpoint_keys_map_exactly_onto_transformers():
+    original = json.loads((DATA / "sam2_hiera_large_keys.json").read_text())["keys"]
+    state = {key: torch.empty(shape, device="meta") for key, shape in original.items()}
+    assert M.detect_sam2_variant(state) == ("hiera_large", False)
+    converted = M.convert_original_sam2(state)
+    from transformers import Sam2VideoModel
+
+    with torch.device("meta"):
+        model = Sam2VideoModel(M.sam2_config("hiera_large"))
+    expected = {key: list(value.shape) for key, value in model.state_dict().items()}
+    assert {key: list(value.shape) for key, value in converted.items()} == expected
+    assert len(original) == 900 and len(expected) == 898  # 4 point embeddings -> 1 table, +1 shared copy
+
+
+def test_original_checkpoint_file_loads_into_the_segmenter(tmp_path):
+    original = json.loads((DATA / "sam2_hiera_tiny_keys.json").read_text())["keys"]
+    generator = torch.Generator().manual_seed(0)
+    state = {key: torch.randn(shape, generator=generator) for key, shape in original.items()}
+    folder = tmp_path / "process_checkpoint" / "sam2"
+    folder.mkdir(parents=True)
+    torch.save({"model": state}, folder / "sam2_hiera_large.pt")  # the release layout (a tiny model inside)
+    segmenter = M.load_sam2_video(tmp_path, "cpu")
+    loaded = segmenter.model.state_dict()
+    torch.testing.assert_close(loaded["vision_encoder.backbone.blocks.3.mlp.proj_in.weight"],
+                               state["image_encoder.trunk.blocks.3.mlp.layers.0.weight"])  # fmt: skip
+    torch.testing.assert_close(loaded["prompt_encoder.point_embed.weight"],
+                               torch.cat([state[f"sam_prompt_encoder.point_embeddings.{i}.weight"] for i in range(4)]))  # fmt: skip
+    torch.testing.assert_close(loaded["memory_encoder.mask_downsampler.final_conv.weight"],
+                               state["memory_encoder.mask_downsampler.encoder.12.weight"])  # fmt: skip
+    assert segmenter.model.config.enable_occlusion_spatial_embedding is False  # SAM 2.0
+
+
+def test_transformers_format_folder_loads_with_from_pretrained(tmp_path):
+    tiny = M.tiny_sam2_video()
+    tiny.model.save_pretrained(tmp_path)
+    loaded = M.load_sam2_video(tmp_path, "cpu")
+    torch.testing.assert_close(loaded.model.state_dict()["no_memory_embedding"],
+                               tiny.model.state_dict()["no_memory_embedding"])  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------
+# the tiny random SAM2 on real frames
+
+
+def test_tiny_sam2_on_real_frames_gives_a_valid_mask_for_every_frame():
+    import decord
+
+    reader = decord.VideoReader(str(fixture_path("driving_two_people_3s_small.mp4")), width=160, height=96)
+    frames = reader.get_batch([0, 20, 40, 60]).asnumpy()  # (4, 96, 160, 3)
+    # The walking person, placed by hand (nose, neck, shoulders, hips, ankles) in frame 0's pixels.
+    points = {0: (48, 22, 0.9), 1: (48, 30, 0.9), 2: (44, 31, 0.9), 5: (52, 31, 0.9), 8: (46, 52, 0.9),
+              11: (50, 52, 0.9), 10: (46, 80, 0.9), 13: (51, 80, 0.9)}  # fmt: skip
+    poses = [pose_with(points, 160, 96) for _ in frames]
+    segmenter = M.tiny_sam2_video()
+    out = M.person_masks(frames, poses, segmenter, chunk_size=3)  # two chunks: 3 frames + 1
+    assert out.shape == (4, 96, 160) and out.dtype == np.uint8
+    assert set(np.unique(out)) <= {0, 1}
+    assert out.reshape(4, -1).any(axis=1).all()  # random weights: the fallback guarantees a mask
+    low = segmenter.low_res_logits(frames[:3], {0: M.click_points(poses[0], 96, 160)})
+    assert sorted(low) == [0, 1, 2] and low[0].shape == (32, 32)  # 128 px model: 32x32 logits

@@ -92,7 +92,10 @@ def load_lora(
     state = lora_state_dict(source)
     # A T2V LoRA (no image-attention layers) gets zero image layers, as diffusers' load_lora_weights does.
     state = WanLoraLoaderMixin._maybe_expand_t2v_lora_for_i2v(transformer, state)
-    transformer.load_lora_adapter(dict(state), adapter_name=adapter_name, prefix="transformer")
+    try:
+        transformer.load_lora_adapter(dict(state), adapter_name=adapter_name, prefix="transformer")
+    except ImportError as error:  # e.g. peft >= 0.19 refuses any LoRA layer when torchao < 0.16 is installed
+        raise RuntimeError(f"PEFT cannot create LoRA layers in this environment: {error}") from error
     _check_loaded(transformer, state, adapter_name)
     _cast_adapter(transformer, adapter_name, transformer_dtype(transformer))
     return state

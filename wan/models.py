@@ -170,6 +170,28 @@ def read_original_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def convert_original_state_dict(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Original keys -> diffusers keys with diffusers' own converter, checked against the model's parameter names.
+
+    Missing weights are an error (from_single_file would leave them on the meta device); leftovers such as the
+    original motion encoder's blur-kernel buffers (constants diffusers rebuilds itself) are dropped.
+    """
+    from accelerate import init_empty_weights
+    from diffusers import WanAnimateTransformer3DModel
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    with init_empty_weights():
+        expected = set(WanAnimateTransformer3DModel.from_config(config).state_dict())
+    converted = convert_wan_transformer_to_diffusers(state)
+    missing = sorted(expected - set(converted))
+    if missing:
+        raise RuntimeError(f"the transformer checkpoint lacks {len(missing)} weights, e.g. {missing[:5]}")
+    unexpected = sorted(set(converted) - expected)
+    if unexpected:
+        logger.info("transformer checkpoint: ignoring %d unused tensors, e.g. %s", len(unexpected), unexpected[:3])
+    return {key: converted[key] for key in expected}
+
+
 def load_transformer(
     path: Path, dtype: torch.dtype = torch.bfloat16, config_path: Path | None = None
 ) -> WanAnimateTransformer3DModel:
@@ -188,16 +210,13 @@ def load_transformer(
         original = json.loads(original_config_file.read_text()) if original_config_file.is_file() else {}
         config = diffusers_config_from_original(original)
     config["_class_name"] = "WanAnimateTransformer3DModel"
-    state = read_original_state_dict(path)
+    state = convert_original_state_dict(read_original_state_dict(path), config)
     with tempfile.TemporaryDirectory(prefix="wan-animate-config-") as config_dir:
         (Path(config_dir) / "config.json").write_text(json.dumps(config))
-        # from_single_file runs diffusers' convert_wan_transformer_to_diffusers on the original keys.
+        # Keys already match the model exactly, so from_single_file loads them without converting a second time.
         model = WanAnimateTransformer3DModel.from_single_file(
             state, config=config_dir, torch_dtype=dtype, local_files_only=True
         )
-    missing = [name for name, p in model.named_parameters() if p.device.type == "meta"]
-    if missing:
-        raise RuntimeError(f"transformer checkpoint {path} lacks {len(missing)} weights, e.g. {missing[:5]}")
     return keep_fp32_modules(model).eval().requires_grad_(False)
 
 
@@ -283,7 +302,7 @@ def tiny_transformer_config(motion_encoder_size: int = 16) -> dict[str, Any]:
         "eps": 1e-6,
         "image_dim": 4,
         "added_kv_proj_dim": 24,
-        "rope_max_seq_len": 32,
+        "rope_max_seq_len": 1024,  # the release value; positions beyond 32 appear at smoke sizes
         "motion_encoder_channel_sizes": {str(s): 4 for s in sizes},
         "motion_encoder_size": motion_encoder_size,
         "motion_style_dim": 8,

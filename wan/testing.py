@@ -155,6 +155,13 @@ def write_original_checkpoint(transformer: torch.nn.Module, folder: Path, num_sh
 
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in to_original_layout(transformer.state_dict()).items()}
+    # The release also stores the motion encoder's blur kernels (buffers diffusers rebuilds and does not load).
+    for name, buffer in transformer.named_buffers():
+        match = re.fullmatch(r"motion_encoder\.res_blocks\.(\d+)\.(conv2|conv_skip)\.blur_kernel", name)
+        if match is not None:
+            part = "conv2" if match.group(2) == "conv2" else "skip"
+            key = f"motion_encoder.enc.net_app.convs.{int(match.group(1)) + 1}.{part}.0.kernel"
+            state[key] = buffer.detach().cpu().contiguous()
     keys = sorted(state)
     shards = [keys[i::num_shards] for i in range(num_shards)]
     weight_map = {}
@@ -205,3 +212,66 @@ def tiny_conditioning(
         background_frames=background,
         mask_frames=mask,
     )
+
+
+def lora_target_names(transformer: torch.nn.Module) -> list[str]:
+    """Original names of the linears the relighting LoRA adapts: every nn.Linear in blocks.* except face modules.
+
+    The official get_loraconfig picks modules whose name contains "blocks" and not "face"/"modulation"; in the
+    original model those are blocks.N.self_attn.{q,k,v,o}, cross_attn.{q,k,v,o,k_img,v_img} and ffn.{0,2}.
+    """
+    names = []
+    for name, _ in block_linears(transformer):
+        original = "." + name + "."
+        for diffusers_name, original_name in _BLOCK_RENAMES:
+            original = original.replace(diffusers_name, original_name)
+        names.append(original.strip("."))
+    return names
+
+
+def block_linears(transformer: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
+    """(diffusers name, base nn.Linear) of every linear in blocks.*, also once PEFT has wrapped them."""
+    out = []
+    for name, module in transformer.named_modules():
+        if not name.startswith("blocks."):
+            continue
+        parts = name.split(".")
+        if "base_layer" in parts or any(p.startswith("lora_") for p in parts):
+            continue
+        base = getattr(module, "base_layer", module)
+        if isinstance(base, torch.nn.Linear):
+            out.append((name, base))
+    return out
+
+
+def lora_tensors(
+    transformer: torch.nn.Module, rank: int, seed: int, down: str = "lora_A", up: str = "lora_B", scale: float = 0.1
+) -> dict[str, torch.Tensor]:
+    """Random LoRA tensors for every target linear, keyed by original names (`blocks.0.self_attn.q.lora_A.weight`)."""
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for (_, linear), original in zip(block_linears(transformer), lora_target_names(transformer), strict=True):
+        out[f"{original}.{down}.weight"] = torch.randn(rank, linear.in_features, generator=generator) * scale
+        out[f"{original}.{up}.weight"] = torch.randn(linear.out_features, rank, generator=generator) * scale
+    return out
+
+
+def write_relighting_checkpoint(transformer: torch.nn.Module, path: Path, rank: int = 4, seed: int = 0) -> Path:
+    """A relighting_lora.ckpt like the release's: torch.save({"state_dict": PEFT keys without prefix})."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": lora_tensors(transformer, rank, seed)}, str(path))
+    return path
+
+
+def write_user_lora(transformer: torch.nn.Module, path: Path, rank: int = 2, alpha: float = 1.0, seed: int = 1) -> Path:
+    """A user LoRA in the community original layout: diffusion_model.* lora_down/lora_up + alpha, safetensors."""
+    from safetensors.torch import save_file
+
+    tensors = lora_tensors(transformer, rank, seed, down="lora_down", up="lora_up")
+    state = {f"diffusion_model.{k}": v.contiguous() for k, v in tensors.items()}
+    for key in list(state):
+        if key.endswith(".lora_down.weight"):
+            state[key.replace(".lora_down.weight", ".alpha")] = torch.tensor(float(alpha))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path))
+    return path

@@ -243,16 +243,19 @@ def alignment_offset(first_rebuilt: np.ndarray, reference: PoseMeta, scale: floa
 
 
 def _move_hand(hand: np.ndarray, old_wrist: np.ndarray, new_wrist: np.ndarray, ratio: float) -> np.ndarray:
-    """(21, 3) hand scaled by `ratio` about its root and attached (root on the wrist), official rule.
+    """(21, 3) hand scaled by `ratio` about its root point and attached to the moved wrist (official rule).
 
-    Points below HAND_MIN_SCORE get score 0 (official drops them). Without a root point the hand is
-    scaled about the old wrist and moved with it (the official code scales about (-1, -1) there). Output
-    coordinates are int()-truncated as official.
+    With a confident root (score >= 0.4) the root lands on the new wrist. Without one, as official, the
+    hand is scaled about its (unsure) root position and shifted by the wrist's displacement. Points below
+    HAND_MIN_SCORE get score 0 (official drops them). Coordinates are int()-truncated as official.
     """
     out = hand.astype(np.float32).copy()
     out[hand[:, 2] < HAND_MIN_SCORE, 2] = 0.0
-    root = hand[0, :2] if hand[0, 2] >= HAND_MIN_SCORE else old_wrist
-    out[:, :2] = np.trunc(new_wrist + ratio * (hand[:, :2].astype(np.float64) - root))
+    xy, root = hand[:, :2].astype(np.float64), hand[0, :2].astype(np.float64)
+    if hand[0, 2] >= HAND_MIN_SCORE:
+        out[:, :2] = np.trunc(new_wrist + ratio * (xy - root))
+    else:
+        out[:, :2] = np.trunc(root + ratio * (xy - root) + (new_wrist - old_wrist))
     return out
 
 
@@ -266,8 +269,12 @@ def _retarget_frame(frame: PoseMeta, reference: PoseMeta, ratios: np.ndarray, of
 
     hand_ratio = max(ratios[0], ratios[1]) / scale
     right_root = frame.right_hand[0]
+    # Official: when the right hand's root is nearer the left wrist, the hands are swapped. Deliberate
+    # differences: we test only a confident root (official measures from (-width, -height) when the root is
+    # missing, which swaps at random), and a swapped hand is attached to its new wrist by its own root
+    # (official mixes the two hands' offsets there).
     swap = False
-    if right_root[2] >= HAND_MIN_SCORE:  # official: the right hand sits nearer the left wrist -> hands swapped
+    if right_root[2] >= HAND_MIN_SCORE:
         swap = np.hypot(*(old[R_WRIST] - right_root[:2])) > np.hypot(*(old[L_WRIST] - right_root[:2]))
     right_wrist, left_wrist = (L_WRIST, R_WRIST) if swap else (R_WRIST, L_WRIST)
     right_hand = _move_hand(frame.right_hand, old[right_wrist], new[right_wrist], hand_ratio)

@@ -208,6 +208,22 @@ def test_hands_scale_about_their_root_and_follow_the_wrist():
     assert (out.left_hand[:, 2] == 0).all()
 
 
+def test_hand_without_a_confident_root_is_scaled_about_it_and_moved_with_the_wrist():
+    drv, ref = driving_pose(), reference_pose()
+    frame = driving_pose()
+    hand = np.zeros((21, 3), np.float32)
+    hand[:, :2] = DRIVING_XY[rt.L_WRIST] + [4.0, 6.0] + np.arange(21)[:, None] * [1.0, 0.5]
+    hand[:, 2] = 0.9
+    hand[0, 2] = 0.2  # root unsure
+    frame.left_hand = hand
+    out = rt.retarget_poses(drv, ref, [frame])[0]
+    root = hand[0, :2].astype(np.float64)
+    wrist_shift = (2 * DRIVING_XY[rt.L_WRIST] + SHIFT) - DRIVING_XY[rt.L_WRIST]
+    expected = np.trunc(root + 2 * (hand[:, :2] - root) + wrist_shift)
+    np.testing.assert_array_equal(out.left_hand[:, :2], expected)
+    assert out.left_hand[0, 2] == 0.0
+
+
 def test_hand_nearer_the_other_wrist_is_swapped():
     drv, ref = driving_pose(), reference_pose()
     frame = driving_pose()

@@ -22,6 +22,9 @@ breaks hosted installs). Which weights, and the evidence:
   `convert_original_sam2` below (our key mapping, written from the converter's renaming rules, checked
   against the 900 keys and shapes of the real sam2_hiera_large state dict: tests/data/). A folder in
   transformers format (config.json + safetensors) loads directly with `from_pretrained`.
+- One-off check (not a test: it needs the sam2 sources): a random sam2_hiera_t checkpoint run through the
+  original SAM2VideoPredictor (official overrides and pixel pipeline) and through this module gave the
+  same mask logits to 3e-7 on 5 real frames, two prompted key frames, propagation included.
 
 Settings the official predictor overrides: dynamic multimask via stability (delta 0.05, threshold 0.98,
 transformers' defaults), binarised click masks for the memory encoder (transformers always does this),

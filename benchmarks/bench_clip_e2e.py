@@ -1,0 +1,161 @@
+"""One whole clip end to end on the GPU with the full-size architecture and random weights.
+
+Builds every component at its real size (Wan-Animate DiT 17.3B, UMT5-XXL encoder, CLIP ViT-H/14, Wan 2.1 VAE)
+straight on the GPU in its load dtype, then runs the app's own loop (`wan.generate`) on a synthetic 77-frame
+conditioning: text/CLIP/VAE encode, N denoising steps, VAE decode. Prints per-stage times and peak memory, and
+writes them as JSON + markdown under --out.
+
+    python benchmarks/bench_clip_e2e.py --height 480 --width 832 --steps 4 [--fast] --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.machinery
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+APP_ROOT = Path(__file__).resolve().parents[1]
+
+
+def register_app_package(name: str = "wan_animate") -> None:
+    """Import the app folder as package `wan_animate` (as local_runner does) without its CLI dependencies."""
+    spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+    spec.submodule_search_locations = [str(APP_ROOT)]
+    sys.modules[name] = importlib.util.module_from_spec(spec)
+
+
+def on_gpu(build: Any, dtype: torch.dtype) -> Any:
+    """Construct a module directly on the GPU in `dtype` (no fp32 CPU detour for 17B parameters)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device("cuda"):
+            return build()
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_full_models(bench_forward: Any) -> Any:
+    """WanAnimateModels with the release's architecture and random weights, placed as load_models places them."""
+    from diffusers import AutoencoderKLWan, WanAnimateTransformer3DModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+    from wan_animate.wan.models import WanAnimateModels, build_tiny_tokenizer, keep_fp32_modules
+
+    torch.manual_seed(0)
+    transformer = on_gpu(lambda: WanAnimateTransformer3DModel(**bench_forward.FULL_CONFIG), torch.bfloat16)
+    transformer = keep_fp32_modules(transformer).eval().requires_grad_(False)
+    # google/umt5-xxl encoder (what Wan-AI/Wan2.2-Animate-14B-Diffusers/text_encoder holds).
+    text_config = UMT5Config(
+        vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+        relative_attention_num_buckets=32, feed_forward_proj="gated-gelu", dropout_rate=0.0,
+    )  # fmt: skip
+    text_encoder = on_gpu(lambda: UMT5EncoderModel(text_config), torch.bfloat16).eval().requires_grad_(False)
+    # open-clip xlm-roberta-large-vit-huge-14 vision tower.
+    clip_config = CLIPVisionConfig(
+        hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16, patch_size=14,
+        image_size=224, projection_dim=1024, hidden_act="gelu",
+    )  # fmt: skip
+    image_encoder = on_gpu(lambda: CLIPVisionModel(clip_config), torch.float16).eval().requires_grad_(False)
+    vae = on_gpu(lambda: AutoencoderKLWan(), torch.float32).eval().requires_grad_(False)
+    return WanAnimateModels(
+        transformer=transformer,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=build_tiny_tokenizer(),  # token ids only; the real tokenizer does not change the cost
+        image_encoder=image_encoder,
+        image_processor=CLIPImageProcessor(),
+        dtype=torch.bfloat16,
+        device=torch.device("cuda"),
+    )
+
+
+def synthetic_conditioning(num_frames: int, height: int, width: int, fps: float) -> Any:
+    """Random-but-plausible uint8 conditioning of the shapes preprocessing produces."""
+    from wan_animate.preprocess.conditioning import Conditioning
+
+    rng = np.random.default_rng(0)
+    return Conditioning(
+        pose_frames=rng.integers(0, 255, (num_frames, height, width, 3), dtype=np.uint8),
+        face_frames=rng.integers(0, 255, (num_frames, 512, 512, 3), dtype=np.uint8),
+        reference=rng.integers(0, 255, (height, width, 3), dtype=np.uint8),
+        fps=fps,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--frames", type=int, default=77)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--fast", action="store_true", help="apply wan/speed.py's default fast path first")
+    parser.add_argument("--out", type=Path, default=Path("bench_out"))
+    args = parser.parse_args()
+
+    register_app_package()
+    sys.path.insert(0, str(APP_ROOT / "benchmarks"))
+    import bench_forward
+    from wan_animate.wan import GenerationOptions, generate
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    models = build_full_models(bench_forward)
+    torch.cuda.synchronize()
+    build_s = time.perf_counter() - t0
+    weights_gib = torch.cuda.memory_allocated() / 2**30
+    compile_s = 0.0
+    if args.fast:
+        t = time.perf_counter()
+        options = bench_forward.speed.SpeedOptions()
+        models.transformer = bench_forward.speed.apply_speed_options(models.transformer, options)
+        compile_s = time.perf_counter() - t  # compilation itself happens lazily, inside the first step
+    cond = synthetic_conditioning(args.frames, args.height, args.width, 30.0)
+    step_times: list[float] = []
+
+    def on_step(segment: int, num_segments: int, step: int, num_steps: int) -> None:
+        torch.cuda.synchronize()
+        step_times.append(time.perf_counter())
+
+    torch.cuda.reset_peak_memory_stats()
+    options = GenerationOptions(clip_len=args.frames, sampling_steps=args.steps, seed=0, color_match=False)
+    start = time.perf_counter()
+    frames = [clip for clip in generate(models, cond, options, on_step=on_step)]
+    torch.cuda.synchronize()
+    end = time.perf_counter()
+    out_frames = sum(int(f.shape[0]) for f in frames)
+    assert out_frames == args.frames, (out_frames, args.frames)
+    step_s = [b - a for a, b in zip(step_times[:-1], step_times[1:], strict=True)]
+    result = {
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "resolution": f"{args.width}x{args.height}",
+        "frames": args.frames,
+        "steps": args.steps,
+        "fast_path": args.fast,
+        "build_s": round(build_s, 1),
+        "weights_gib": round(weights_gib, 1),
+        "encode_s (text+clip+vae, to end of step 1)": round(step_times[0] - start, 2),
+        "first_step_included_above": True,
+        "median_step_s (steps 2..N)": round(float(np.median(step_s)), 3) if step_s else None,
+        "decode_and_to_uint8_s": round(end - step_times[-1], 2),
+        "total_clip_s": round(end - start, 2),
+        "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 1),
+        "apply_speed_s": round(compile_s, 2),
+    }
+    (args.out / "e2e.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

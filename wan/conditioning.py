@@ -56,9 +56,13 @@ def encode_prompt(models: WanAnimateModels, text: str, device: torch.device) -> 
 
 
 def pixels_from_uint8(frames: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> (1, 3, T, H, W) float32 in [-1, 1] (official: x / 127.5 - 1)."""
+    """(T, H, W, 3) uint8 -> (1, 3, T, H, W) float32 in [-1, 1]: official x / 127.5 - 1.
+
+    Written (x - 127.5) / 127.5: the subtraction is exact, so float32 gives the official float64 values rounded
+    once, for all 256 levels (x / 127.5 - 1 in float32 is off by an ulp for half of them).
+    """
     tensor = torch.from_numpy(np.ascontiguousarray(frames)).to(device)
-    return (tensor.permute(3, 0, 1, 2).unsqueeze(0).float() / 127.5 - 1.0).contiguous()
+    return ((tensor.permute(3, 0, 1, 2).unsqueeze(0).float() - 127.5) / 127.5).contiguous()
 
 
 def round_to(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -37,8 +37,21 @@ class AppSetup(BaseAppSetup):
         "tiny RANDOM weights and a small real pose model: it runs on CPU in seconds and its video is noise. "
         "For trying the app end to end offline, never for real use.",
     )
-    fp8: bool = Field(default=False, description="FP8 weights+activations for the transformer's linears (torchao).")
-    compile: bool = Field(default=True, description="Regional torch.compile of the transformer blocks (paid once).")
+    fp8: bool = Field(
+        default=False,
+        description="FP8 weights+activations (torchao, rowwise scales) for every linear of the 40 DiT blocks: about "
+        "half the transformer's memory and faster; small numeric deviation (see BENCHMARKS.md).",
+    )
+    attention: Literal["default", "sage", "fp8"] = Field(
+        default="default",
+        description="Self-attention kernel of the DiT blocks: 'default' = cuDNN attention (exact up to bf16), "
+        "'sage' = SageAttention 1 (int8 QK^T), 'fp8' = cuDNN FP8 attention. The last two deviate slightly.",
+    )
+    compile: bool = Field(default=True, description="Regional torch.compile of the DiT blocks, warmed up at setup.")
+    offload_model: bool = Field(
+        default=False,
+        description="Load with text encoder, CLIP and VAE kept off the GPU while idle (24-48 GB cards; slower).",
+    )
     enable_flux: bool = Field(
         default=False, description="Download FLUX.1-Kontext-dev at setup so `use_flux` retargeting can run (33 GB)."
     )
@@ -200,7 +213,7 @@ class App(BaseApp):
             setup = AppSetup(**dict(config))
         variant = getattr(metadata, "app_variant", None) if metadata is not None else None
         if variant == "fp8_offload":
-            setup = setup.model_copy(update={"fp8": True})
+            setup = setup.model_copy(update={"fp8": True, "offload_model": True})
         start = time.perf_counter()
         self.setup_options = setup
         self.runtime = load_runtime(setup)

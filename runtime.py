@@ -92,13 +92,23 @@ def load_runtime(setup: AppSetup) -> Runtime:
     cache_dir = Path(setup.cache_dir) if setup.cache_dir else None
     paths = fetch_all(cache_dir, with_flux=setup.enable_flux)
     preprocess_models = load_preprocess_models(paths, device)
-    wan_models = load_models(paths, device=device, dtype=torch.bfloat16)
+    wan_models = load_models(
+        paths, device=device, dtype=torch.bfloat16, offload="model" if setup.offload_model else "none"
+    )
     speed = None
     if device.type == "cuda":
-        from .wan.speed import SpeedOptions, apply_speed_options
+        from .wan.speed import SpeedOptions, apply_speed_options, make_example_inputs, warmup
 
-        speed = SpeedOptions(fp8=setup.fp8, compile=setup.compile)
+        speed = SpeedOptions(
+            compile_blocks=setup.compile,
+            fp8_linears=setup.fp8,
+            sage_attention=setup.attention == "sage",
+            fp8_attention=setup.attention == "fp8",
+        )
         wan_models.transformer = apply_speed_options(wan_models.transformer, speed)
+        if setup.compile:  # pay compilation now for the default request shape (720p landscape, 77 frames)
+            inputs = make_example_inputs(wan_models.transformer.config, 720, 1280, device=device)
+            logger.info("compile warm-up: %.1f s", warmup(wan_models.transformer, inputs))
     return Runtime(preset="full", device=device, preprocess_models=preprocess_models, wan_models=wan_models, speed=speed)
 
 

@@ -16,7 +16,6 @@ logger = logging.getLogger(__name__)
 
 WAN_ANIMATE_REPO = "Wan-AI/Wan2.2-Animate-14B"  # the original release: bf16 DiT shards, LoRA, preprocess models
 WAN_ANIMATE_DIFFUSERS_REPO = "Wan-AI/Wan2.2-Animate-14B-Diffusers"  # HF-format VAE, UMT5, CLIP vision
-SAM2_REPO = "facebook/sam2-hiera-large"  # transformers-format port of the SAM2 hiera-large checkpoint
 FLUX_KONTEXT_REPO = "black-forest-labs/FLUX.1-Kontext-dev"  # gated: needs an accepted licence + HF_TOKEN
 
 # Revisions are pinned per repo. "main" is used where no commit hash could be resolved while building
@@ -52,7 +51,9 @@ POSE = HubComponent("pose", WAN_ANIMATE_REPO, ("process_checkpoint/pose2d/*",), 
 VAE = HubComponent("vae", WAN_ANIMATE_DIFFUSERS_REPO, ("vae/*",), 0.5)
 TEXT_ENCODER = HubComponent("text_encoder", WAN_ANIMATE_DIFFUSERS_REPO, ("text_encoder/*", "tokenizer/*"), 11.4)
 IMAGE_ENCODER = HubComponent("image_encoder", WAN_ANIMATE_DIFFUSERS_REPO, ("image_encoder/*", "image_processor/*"), 1.3)
-SAM2 = HubComponent("sam2", SAM2_REPO, ("config.json", "*.safetensors", "preprocessor_config.json"), 0.9)
+# The release's own SAM 2.0 hiera-large checkpoint (what the official preprocessing loads), converted in memory
+# to transformers' Sam2VideoModel by preprocess/masks.py.
+SAM2 = HubComponent("sam2", WAN_ANIMATE_REPO, ("process_checkpoint/sam2/sam2_hiera_large.pt",), 0.9)
 FLUX_KONTEXT = HubComponent(
     "flux_kontext",
     FLUX_KONTEXT_REPO,
@@ -137,7 +138,7 @@ class WeightPaths:
     diffusers_dir: Path  # snapshot of the Diffusers repo: vae/, text_encoder/, tokenizer/, image_encoder/, ...
     detector_onnx: Path  # yolov10m.onnx
     pose_onnx: Path  # folder or file the official code passes to onnxruntime (vitpose_h_wholebody.onnx)
-    sam2_dir: Path  # transformers-format SAM2 checkpoint
+    sam2_checkpoint: Path  # sam2_hiera_large.pt (original SAM2 layout)
     flux_kontext_dir: Path | None = None
 
 
@@ -151,6 +152,6 @@ def fetch_all(cache_dir: Path | None = None, with_flux: bool = False) -> WeightP
         diffusers_dir=roots["vae"],
         detector_onnx=roots["detector"] / "process_checkpoint" / "det" / "yolov10m.onnx",
         pose_onnx=roots["pose"] / "process_checkpoint" / "pose2d" / "vitpose_h_wholebody.onnx",
-        sam2_dir=roots["sam2"],
+        sam2_checkpoint=roots["sam2"] / "process_checkpoint" / "sam2" / "sam2_hiera_large.pt",
         flux_kontext_dir=flux_dir,
     )

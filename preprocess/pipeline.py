@@ -226,9 +226,9 @@ def _retargeted(drive: _DrivingPass, reference: np.ndarray, options: PreprocessO
         if models.flux is None:
             raise InputError("flux_unavailable", "use_flux",
                              "this worker has no FLUX Kontext model loaded; set use_flux=false")  # fmt: skip
-        from .flux_edit import standardize_poses
+        from .flux_edit import flux_edit_poses
 
-        driving_edit, reference_edit = standardize_poses(
+        driving_edit, reference_edit = flux_edit_poses(
             flux=models.flux,
             pose_estimator=models.pose_estimator,
             reference_image=reference,
@@ -362,18 +362,6 @@ def _onnx_providers(device: Any) -> list:
     return ["CPUExecutionProvider"]
 
 
-def _optional_masks_loader(name: str, *args: Any) -> Any | None:
-    """The segmenter from `masks.<name>(*args)`, or None (replacement mode then says it is unavailable)."""
-    try:
-        from . import masks
-
-        loader = getattr(masks, name)
-    except (ImportError, AttributeError) as error:
-        logger.warning("no segmenter (masks.%s unavailable: %s): replacement mode disabled", name, error)
-        return None
-    return loader(*args)
-
-
 def load_preprocess_models(paths: Any, device: Any) -> PreprocessModels:
     """The released preprocessing models: YOLOv10m + ViTPose-H ONNX, SAM2, optional FLUX Kontext.
 
@@ -386,26 +374,24 @@ def load_preprocess_models(paths: Any, device: Any) -> PreprocessModels:
     estimator = WholeBodyPoseEstimator(
         OnnxPersonDetector(paths.detector_onnx, providers), OnnxWholeBodyPose(paths.pose_onnx, providers)
     )
-    segmenter = _optional_masks_loader("load_segmenter", paths.sam2_dir, device)
-    flux = None
-    if getattr(paths, "flux_kontext_dir", None) is not None:
-        import torch
-        from diffusers import FluxKontextPipeline
+    from .flux_edit import load_flux_kontext
+    from .masks import load_segmenter
 
-        flux = FluxKontextPipeline.from_pretrained(str(paths.flux_kontext_dir), torch_dtype=torch.bfloat16)
-        if getattr(device, "type", "") == "cuda":
-            flux.enable_model_cpu_offload()  # runs twice per request; the 14B model owns the GPU memory
+    segmenter = load_segmenter(paths.sam2_checkpoint, device)
+    flux = None
+    if paths.flux_kontext_dir is not None:  # runs twice per request, offloaded: the 14B model owns the GPU
+        flux = load_flux_kontext(str(paths.flux_kontext_dir), device=device, cpu_offload=True)
     return PreprocessModels(pose_estimator=estimator, segmenter=segmenter, flux=flux)
 
 
 def smoke_preprocess_models(device: Any) -> PreprocessModels:
     """SMOKE ONLY: YOLO11n-pose (17 body points, synthetic face box) instead of YOLOv10m + ViTPose-H."""
     from .detection import UltralyticsPoseDetector
+    from .masks import smoke_segmenter
     from .pose import SmokeBodyPoseEstimator
 
     ul_device = "cpu"
     if getattr(device, "type", str(device)).startswith("cuda"):
         ul_device = str(getattr(device, "index", None) or 0)
     estimator = SmokeBodyPoseEstimator(UltralyticsPoseDetector(device=ul_device))
-    segmenter = _optional_masks_loader("smoke_segmenter", device)
-    return PreprocessModels(pose_estimator=estimator, segmenter=segmenter)
+    return PreprocessModels(pose_estimator=estimator, segmenter=smoke_segmenter(device))

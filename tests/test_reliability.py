@@ -25,7 +25,7 @@ def smoke_input(**overrides: object) -> object:
         reference_image={"path": str(EXAMPLE / "reference.jpg")},
         resolution_width=512,
         resolution_height=512,
-        fps=4,
+        fps=2,
         clip_len=5,
         sampling_steps=1,
         seed=1,
@@ -56,7 +56,7 @@ def test_twenty_runs_in_one_process_do_not_grow_memory_or_reload_weights(
     transformer = app.runtime.wan_models.transformer
     process = psutil.Process()
     rss = []
-    for i in range(20):
+    for _ in range(20):
         output = asyncio.run(app.run(smoke_input()))
         Path(output.video.path).unlink()
         gc.collect()
@@ -71,16 +71,16 @@ def test_temporary_files_are_removed_on_success_and_on_failure(app: object, tmp_
     output = asyncio.run(app.run(smoke_input()))
     assert Path(output.video.path).is_file()
     assert run_dirs() == before
-    blank = tmp_path / "blank.png"  # an image with nobody in it: fails inside preprocessing
+    blank = tmp_path / "blank.png"  # nobody in it: retargeting needs the reference's pose, so preprocessing fails
     import numpy as np
     from PIL import Image
 
     Image.fromarray(np.full((256, 256, 3), 200, np.uint8)).save(blank)
-    bad = smoke_input()
+    bad = smoke_input(retarget_flag=True)
     bad.reference_image = inference.File(path=str(blank))
     with pytest.raises(inference.InputError) as info:
         asyncio.run(app.run(bad))
-    assert info.value.field == "reference_image"
+    assert (info.value.code, info.value.field) == ("no_person_in_reference", "reference_image")
     assert run_dirs() == before
 
 

@@ -23,6 +23,7 @@ FAKE_REPOS = {
         "process_checkpoint/det/yolov10m.onnx",
         "process_checkpoint/pose2d/vitpose_h_wholebody.onnx/end2end.onnx",
         "process_checkpoint/pose2d/vitpose_h_wholebody.onnx/end2end.data",
+        "process_checkpoint/sam2/sam2_hiera_large.pt",
     ],
     weights.WAN_ANIMATE_DIFFUSERS_REPO: [
         "vae/config.json",
@@ -34,7 +35,6 @@ FAKE_REPOS = {
         "image_encoder/model.safetensors",
         "image_processor/preprocessor_config.json",
     ],
-    weights.SAM2_REPO: ["config.json", "model.safetensors", "preprocessor_config.json"],
 }
 
 
@@ -70,7 +70,7 @@ def test_fetch_all_resolves_every_file_from_the_cache(tmp_path: Path, offline: N
     assert (paths.pose_onnx / "end2end.onnx").is_file()
     assert (paths.diffusers_dir / "vae" / "config.json").is_file()
     assert (paths.diffusers_dir / "image_encoder" / "model.safetensors").is_file()
-    assert (paths.sam2_dir / "model.safetensors").is_file()
+    assert paths.sam2_checkpoint.read_bytes() == b"process_checkpoint/sam2/sam2_hiera_large.pt"
     assert paths.flux_kontext_dir is None
 
 
@@ -82,8 +82,8 @@ def test_a_missing_file_offline_names_the_component_and_the_fix(tmp_path: Path, 
 
 
 def test_an_absent_repo_offline_is_a_clear_error(tmp_path: Path, offline: None) -> None:
-    write_fake_cache(tmp_path, {k: v for k, v in FAKE_REPOS.items() if k != weights.SAM2_REPO})
-    with pytest.raises(weights.WeightsUnavailableError, match="sam2"):
+    write_fake_cache(tmp_path, {k: v for k, v in FAKE_REPOS.items() if k != weights.WAN_ANIMATE_DIFFUSERS_REPO})
+    with pytest.raises(weights.WeightsUnavailableError, match="vae.*Wan2.2-Animate-14B-Diffusers"):
         weights.fetch_all(tmp_path)
 
 

@@ -68,3 +68,17 @@ def test_user_lora_under_group_offload(tmp_path: Path) -> None:
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
     assert transformer_is_offloaded(models.transformer)
     assert not any("lora_" in name for name, _ in models.transformer.named_parameters())
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_offload_matches_resident_run() -> None:
+    """On a GPU: group offloading with a prefetch stream gives the resident run's frames, and the placement returns."""
+    device = torch.device("cuda")
+    models = build_tiny_models(device=device, dtype=torch.bfloat16)
+    assert models.image_encoder.dtype == torch.float16  # official CLIP precision on the GPU
+    cond = tiny_conditioning(15, face_size=16)
+    resident = torch.cat(list(generate_clips(models, cond, GenerationOptions(**OPTIONS))))
+    offloaded = torch.cat(list(generate_clips(models, cond, GenerationOptions(offload="model", **OPTIONS))))
+    torch.testing.assert_close(offloaded, resident, rtol=0, atol=1e-2)
+    assert models.offload == "none" and _devices(models) == {"cuda"}
+    assert resident.shape == (15, 3, 64, 64) and torch.isfinite(resident).all()

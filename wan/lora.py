@@ -146,6 +146,8 @@ def request_adapters(
         weights: dict[str, float] = {}
         if use_relighting and relighting_adapter is not None:
             weights[relighting_adapter] = 1.0
+        elif use_relighting:
+            logger.warning("replacement without the relighting LoRA (not loaded): the character will not be relit")
         for i, (path, weight) in enumerate(user_loras):
             name = f"{USER_ADAPTER_PREFIX}{i}"
             load_lora(transformer, Path(path), name)

@@ -254,7 +254,9 @@ def load_models(
 
     transformer = load_transformer(Path(paths.transformer), dtype, paths.transformer_config)
     relighting = None
-    if paths.relighting_lora is not None and Path(paths.relighting_lora).is_file():
+    if paths.relighting_lora is not None:
+        if not Path(paths.relighting_lora).is_file():
+            raise FileNotFoundError(f"relighting LoRA {paths.relighting_lora} not found ({RELIGHTING_LORA_FILE})")
         relighting = load_relighting_lora(transformer, Path(paths.relighting_lora))
     vae = AutoencoderKLWan.from_pretrained(str(root / "vae"), torch_dtype=torch.float32).eval().requires_grad_(False)
     text_encoder = UMT5EncoderModel.from_pretrained(str(root / "text_encoder"), dtype=dtype)

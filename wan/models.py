@@ -342,24 +342,22 @@ def build_tiny_models(
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
     device = torch.device(device)
-    torch.manual_seed(seed)
-    transformer = WanAnimateTransformer3DModel(**tiny_transformer_config(motion_encoder_size))
-    torch.manual_seed(seed)
-    vae = AutoencoderKLWan(
-        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
-    )
-    torch.manual_seed(seed)
-    text_config = UMT5Config(
-        vocab_size=len(TINY_VOCAB), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, dropout_rate=0.0,
-    )  # fmt: skip
-    text_encoder = UMT5EncoderModel(text_config)
-    torch.manual_seed(seed)
-    clip_config = CLIPVisionConfig(
-        hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-        intermediate_size=16, patch_size=8,
-    )  # fmt: skip
-    image_encoder = CLIPVisionModel(clip_config)
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
+        torch.manual_seed(seed)
+        transformer = WanAnimateTransformer3DModel(**tiny_transformer_config(motion_encoder_size))
+        vae = AutoencoderKLWan(
+            base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+        )
+        text_config = UMT5Config(
+            vocab_size=len(TINY_VOCAB), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+            relative_attention_num_buckets=8, dropout_rate=0.0,
+        )  # fmt: skip
+        text_encoder = UMT5EncoderModel(text_config)
+        clip_config = CLIPVisionConfig(
+            hidden_size=4, projection_dim=4, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+            intermediate_size=16, patch_size=8,
+        )  # fmt: skip
+        image_encoder = CLIPVisionModel(clip_config)
     image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     models = WanAnimateModels(
         transformer=keep_fp32_modules(transformer if dtype == torch.float32 else transformer.to(dtype)).eval(),

@@ -223,6 +223,7 @@ def run_job(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     loras = _user_loras(inp)
+    out_of_memory = False
     try:
         cond = preprocess(driving, reference, preprocess_options(inp), runtime.preprocess_models)
         if cond.num_frames > LIMITS.max_output_frames:
@@ -257,11 +258,14 @@ def run_job(
             work_dir=work_dir,
         )
         timings["generate_and_encode"] = round(time.perf_counter() - gen_start, 3)
-    except torch.cuda.OutOfMemoryError as error:
-        _free_device_memory()
-        raise _oom_error(inp) from error
+    except torch.cuda.OutOfMemoryError:
+        # Raised below, not chained: the OOM traceback's frames hold the loop's GPU tensors, and a warm worker
+        # must get that memory back before the next job.
+        out_of_memory = True
     finally:
         _free_device_memory()
+    if out_of_memory:
+        raise _oom_error(inp)
 
     debug_files: dict[str, Path] = {}
     if inp.return_debug_videos:

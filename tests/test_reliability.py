@@ -84,13 +84,31 @@ def test_temporary_files_are_removed_on_success_and_on_failure(app: object, tmp_
     assert run_dirs() == before
 
 
+def synthetic_preprocess(driving: Path, reference: Path, options: object, models: object) -> object:
+    """Stand-in for preprocessing (the GPU machine lacks the smoke pose model): mid-grey frames of the asked size."""
+    import numpy as np
+
+    pp = import_app_module("preprocess")
+    width, height = options.resolution_width // 16 * 16, options.resolution_height // 16 * 16
+    frames = 77 if options.fps == 30 else 4
+    grey = np.full((frames, height, width, 3), 128, np.uint8)
+    return pp.Conditioning(
+        pose_frames=grey, face_frames=np.full((frames, 512, 512, 3), 128, np.uint8), reference=grey[0], fps=8.0
+    )
+
+
 @pytest.mark.gpu
-def test_gpu_out_of_memory_is_a_user_error_and_the_worker_recovers() -> None:
+def test_gpu_out_of_memory_is_a_user_error_and_the_worker_recovers(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
+    wan = import_app_module("wan")
+    monkeypatch.setattr(import_app_module("preprocess"), "preprocess", synthetic_preprocess)
     app = inference.App()
-    asyncio.run(app.setup(inference.AppSetup(preset="smoke")))
-    assert app.runtime.device.type == "cuda"
+    app.setup_options = inference.AppSetup(preset="smoke")
+    app.runtime = runtime_module.Runtime(
+        preset="smoke", device=torch.device("cuda"), preprocess_models=None,
+        wan_models=wan.build_tiny_models(device="cuda"),
+    )  # fmt: skip
     baseline = torch.cuda.memory_allocated()
     torch.cuda.set_per_process_memory_fraction(0.002)  # ~160 MB of an 80 GB card
     try:
@@ -104,5 +122,4 @@ def test_gpu_out_of_memory_is_a_user_error_and_the_worker_recovers() -> None:
         torch.cuda.set_per_process_memory_fraction(1.0)
     assert torch.cuda.memory_allocated() <= baseline + 64 * 2**20
     output = asyncio.run(app.run(smoke_input()))  # the same warm worker runs the next job
-    assert Path(output.video.path).is_file()
-    asyncio.run(app.unload())
+    assert Path(output.video.path).is_file() and output.num_frames == 4

@@ -87,10 +87,28 @@ def _collect_files(output: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     return result
 
 
+def fetch_files(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The request with its file inputs resolved (URLs downloaded) by the SDK's File; a failed download is an
+    InputError naming the field (the SDK raises a bare RuntimeError from inside validation)."""
+    from inferencesh import File
+
+    errors = import_app_module("errors")
+    resolved = dict(inputs)
+    for name in FILE_FIELDS:
+        value = inputs.get(name)
+        if value is None or value == "" or value == {}:
+            continue
+        try:
+            resolved[name] = File(value) if isinstance(value, str) else File(**value)
+        except (RuntimeError, OSError, ValueError) as error:
+            raise errors.InputError("download_failed", name, f"could not fetch the file: {error}") from None
+    return resolved
+
+
 async def run_app(inputs: dict[str, Any], setup: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     """setup + run on one request, as the inference.sh engine does; returns the output JSON."""
     inference = import_app_module("inference")
-    app_input = inference.AppInput(**inputs)  # validate before any heavy work
+    app_input = inference.AppInput(**fetch_files(inputs))  # validate before any heavy work
     app = inference.App()
     await app.setup(inference.AppSetup(**setup))
     try:

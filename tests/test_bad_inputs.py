@@ -1,0 +1,182 @@
+"""Bad and odd inputs through the local runner: each ends in the documented error (exit 2, one line naming the
+input) or in a correct MP4; never a hang or a raw traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+from PIL import Image
+
+from local_runner import APP_ROOT, import_app_module, main
+
+inference = import_app_module("inference")
+EXAMPLE = APP_ROOT / "examples" / "smoke"
+DRIVING = EXAMPLE / "driving.mp4"
+REFERENCE = EXAMPLE / "reference.jpg"
+FAST = {"resolution_width": 512, "resolution_height": 512, "fps": 2, "clip_len": 5, "sampling_steps": 1, "seed": 3}
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-y", *args], check=True, timeout=120)
+
+
+def streams(path: Path) -> str:
+    result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    return result.stderr
+
+
+def run_runner(tmp_path: Path, capsys: pytest.CaptureFixture[str], **request: object) -> tuple[int, str]:
+    body = {"driving_video": {"path": str(DRIVING)}, "reference_image": {"path": str(REFERENCE)}, **FAST, **request}
+    path = tmp_path / "input.json"
+    path.write_text(json.dumps(body))
+    code = main(["run", str(path), "--setup", str(EXAMPLE / "setup.json"), "--output-dir", str(tmp_path / "out")])
+    return code, capsys.readouterr().err
+
+
+def huge_png_header(path: Path, width: int, height: int) -> None:
+    """A valid PNG signature + IHDR announcing width x height, with one tiny IDAT (a decompression-bomb shape)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+                     + chunk(b"IEND", b""))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "field"),
+    [
+        ("corrupt_video", "unreadable_video", "driving_video"),
+        ("empty_video", "empty_file", "driving_video"),
+        ("text_as_image", "unreadable_image", "reference_image"),
+        ("video_as_image", "unreadable_image", "reference_image"),
+        ("huge_image_header", "image_too_large", "reference_image"),
+        ("too_long_video", "video_too_long", "driving_video"),
+        ("unreachable_url", "download_failed", "driving_video"),
+        ("truncated_video", "unreadable_video", "driving_video"),
+    ],
+)
+def test_bad_input_is_one_clear_error(
+    case: str, code: str, field: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    request: dict[str, object] = {}
+    bad = tmp_path / "bad.bin"
+    if case == "corrupt_video":
+        bad.write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+        request["driving_video"] = {"path": str(bad)}
+    elif case == "empty_video":
+        bad.write_bytes(b"")
+        request["driving_video"] = {"path": str(bad)}
+    elif case == "text_as_image":
+        bad = tmp_path / "ref.png"
+        bad.write_text("not an image at all")
+        request["reference_image"] = {"path": str(bad)}
+    elif case == "video_as_image":
+        bad = tmp_path / "ref.png"
+        bad.write_bytes(DRIVING.read_bytes())
+        request["reference_image"] = {"path": str(bad)}
+    elif case == "huge_image_header":
+        bad = tmp_path / "bomb.png"
+        huge_png_header(bad, 60_000, 60_000)
+        request["reference_image"] = {"path": str(bad)}
+    elif case == "too_long_video":
+        bad = tmp_path / "long.mp4"
+        ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=64x64:r=1:d=61", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(bad))
+        request["driving_video"] = {"path": str(bad)}
+    elif case == "unreachable_url":
+        request["driving_video"] = "http://127.0.0.1:9/dance.mp4"  # nothing listens on port 9
+    elif case == "truncated_video":
+        bad = tmp_path / "cut.mp4"
+        bad.write_bytes(DRIVING.read_bytes()[:3000])
+        request["driving_video"] = {"path": str(bad)}
+    exit_code, err = run_runner(tmp_path, capsys, **request)
+    assert exit_code == 2, err
+    assert f"[{code}] {field}:" in err, err
+    assert "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def app() -> object:
+    app = inference.App()
+    asyncio.run(app.setup(inference.AppSetup(preset="smoke")))
+    yield app
+    asyncio.run(app.unload())
+
+
+def run_ok(app: object, driving: Path = DRIVING, reference: Path = REFERENCE, **overrides: object) -> object:
+    request = inference.AppInput(driving_video={"path": str(driving)}, reference_image={"path": str(reference)},
+                                 **{**FAST, **overrides})  # fmt: skip
+    return asyncio.run(app.run(request))
+
+
+def reference_variants(tmp_path: Path) -> dict[str, Path]:
+    rgb = Image.open(REFERENCE).convert("RGB")
+    paths = {}
+    paths["grayscale"] = tmp_path / "gray.png"
+    rgb.convert("L").save(paths["grayscale"])
+    paths["cmyk"] = tmp_path / "cmyk.jpg"
+    rgb.convert("CMYK").save(paths["cmyk"])
+    paths["alpha"] = tmp_path / "alpha.png"
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(rgb.size))
+    rgba.save(paths["alpha"])
+    paths["16bit"] = tmp_path / "deep.png"
+    Image.fromarray(np.asarray(rgb.convert("L"), np.uint16) * 257).save(paths["16bit"])
+    paths["exif_rotated"] = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    rgb.transpose(Image.Transpose.ROTATE_90).save(paths["exif_rotated"], exif=exif)
+    return paths
+
+
+def test_odd_reference_images_give_a_correct_video(app: object, tmp_path: Path) -> None:
+    sizes = {}
+    for name, path in reference_variants(tmp_path).items():
+        output = run_ok(app, reference=path)
+        assert Path(output.video.path).is_file(), name
+        assert output.num_frames == 4, name  # 2.0 s at 2 fps
+        sizes[name] = (output.width, output.height)
+    # Animation output takes the reference's aspect: the EXIF-rotated photo, once upright, is the portrait
+    # 512x600 original again, like every other variant.
+    assert len(set(sizes.values())) == 1, sizes
+
+
+def test_odd_videos_give_a_correct_video(app: object, tmp_path: Path) -> None:
+    no_audio = tmp_path / "silent.mp4"
+    ffmpeg("-i", str(DRIVING), "-an", "-c:v", "copy", str(no_audio))
+    output = run_ok(app, driving=no_audio)
+    assert "Audio:" not in streams(Path(output.video.path))
+
+    mono_8k = tmp_path / "mono8k.mkv"  # odd audio: mono, 8 kHz, in a Matroska container, misleading extension next
+    ffmpeg("-i", str(DRIVING), "-c:v", "copy", "-ac", "1", "-ar", "8000", "-c:a", "libvorbis", str(mono_8k))
+    misnamed = tmp_path / "clip.txt"
+    misnamed.write_bytes(mono_8k.read_bytes())
+    output = run_ok(app, driving=misnamed)
+    info = streams(Path(output.video.path))
+    assert "Audio:" in info and output.num_frames == 4
+
+    vfr = tmp_path / "vfr.mp4"  # variable frame rate: every third frame dropped, timestamps kept
+    ffmpeg("-i", str(DRIVING), "-vf", "select='not(eq(mod(n,3),1))'", "-fps_mode", "vfr", "-an", str(vfr))
+    output = run_ok(app, driving=vfr)
+    assert Path(output.video.path).is_file() and output.num_frames >= 3
+
+
+def test_one_frame_video_is_a_clear_error_or_a_one_frame_video(app: object, tmp_path: Path) -> None:
+    single = tmp_path / "one.mp4"
+    ffmpeg("-i", str(DRIVING), "-frames:v", "1", "-an", str(single))
+    try:
+        output = run_ok(app, driving=single, fps=-1)
+    except inference.InputError as error:
+        assert (error.code, error.field) == ("video_too_short", "driving_video")
+    else:
+        assert output.num_frames == 1

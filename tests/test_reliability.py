@@ -37,6 +37,15 @@ def run_dirs() -> set[str]:
     return {name for name in os.listdir(tempfile.gettempdir()) if name.startswith("wan-animate-run-")}
 
 
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temp root of this test's own, so other processes' runs cannot show up in run_dirs()."""
+    root = tmp_path / "tmproot"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    return root
+
+
 @pytest.fixture(scope="module")
 def app() -> object:
     app = inference.App()
@@ -66,11 +75,13 @@ def test_twenty_runs_in_one_process_do_not_grow_memory_or_reload_weights(
     assert growth_mb < 100, f"RSS grew {growth_mb:.0f} MB over 18 runs: {[r // 2**20 for r in rss]}"
 
 
-def test_temporary_files_are_removed_on_success_and_on_failure(app: object, tmp_path: Path) -> None:
+def test_temporary_files_are_removed_on_success_and_on_failure(app: object, tmp_path: Path, private_tmp: Path) -> None:
     before = run_dirs()
+    assert before == set()
     output = asyncio.run(app.run(smoke_input()))
     assert Path(output.video.path).is_file()
     assert run_dirs() == before
+    assert any(p.name.startswith("wan-animate-out-") for p in private_tmp.iterdir())  # the output stays
     blank = tmp_path / "blank.png"  # nobody in it: retargeting needs the reference's pose, so preprocessing fails
     import numpy as np
     from PIL import Image

@@ -10,6 +10,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,14 +100,17 @@ def load_runtime(setup: AppSetup) -> Runtime:
     if device.type == "cuda":
         from .wan.speed import SpeedOptions, apply_speed_options, make_example_inputs, warmup
 
+        compile_blocks = setup.compile and not setup.offload_model
+        if setup.compile and setup.offload_model:
+            logger.info("compile off: group offloading streams the blocks, which compiled blocks refuse")
         speed = SpeedOptions(
-            compile_blocks=setup.compile,
+            compile_blocks=compile_blocks,
             fp8_linears=setup.fp8,
             sage_attention=setup.attention == "sage",
             fp8_attention=setup.attention == "fp8",
         )
         wan_models.transformer = apply_speed_options(wan_models.transformer, speed)
-        if setup.compile:  # pay compilation now for the default request shape (720p landscape, 77 frames)
+        if compile_blocks:  # pay compilation now for the default request shape (720p landscape, 77 frames)
             inputs = make_example_inputs(wan_models.transformer.config, 720, 1280, device=device)
             logger.info("compile warm-up: %.1f s", warmup(wan_models.transformer, inputs))
     return Runtime(preset="full", device=device, preprocess_models=preprocess_models, wan_models=wan_models, speed=speed)
@@ -192,6 +196,19 @@ def _counted(frames: Iterator[np.ndarray], counter: list[int]) -> Iterator[np.nd
         yield clip
 
 
+@contextmanager
+def _eager_if_offloaded(runtime: Runtime, offload_model: bool) -> Iterator[None]:
+    """A request with offload_model on a compiled worker runs its blocks eagerly (group offload and compiled
+    blocks do not mix); the worker's compiled blocks come back for the next request."""
+    if not (offload_model and runtime.speed is not None and runtime.speed.compile_blocks):
+        yield
+        return
+    from .wan.speed import eager_blocks
+
+    with eager_blocks(runtime.wan_models.transformer):
+        yield
+
+
 def _oom_error(inp: AppInput) -> InputError:
     hint = "set offload_model=true, " if not inp.offload_model else ""
     return InputError(
@@ -249,14 +266,15 @@ def run_job(
         )
         written = [0]
         video_path = out_dir / "wan_animate.mp4"
-        write_video(
-            video_path,
-            _counted(clips, written),
-            fps=cond.fps,
-            audio_from=driving,
-            audio_duration=cond.num_frames / cond.fps,
-            work_dir=work_dir,
-        )
+        with _eager_if_offloaded(runtime, inp.offload_model):
+            write_video(
+                video_path,
+                _counted(clips, written),
+                fps=cond.fps,
+                audio_from=driving,
+                audio_duration=cond.num_frames / cond.fps,
+                work_dir=work_dir,
+            )
         timings["generate_and_encode"] = round(time.perf_counter() - gen_start, 3)
     except torch.cuda.OutOfMemoryError:
         # Raised below, not chained: the OOM traceback's frames hold the loop's GPU tensors, and a warm worker

@@ -97,6 +97,9 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=77)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--fast", action="store_true", help="apply wan/speed.py's default fast path first")
+    parser.add_argument("--fp8", action="store_true", help="with --fast: FP8 block linears too (torchao)")
+    parser.add_argument("--no-compile", action="store_true", help="with --fast: skip regional compilation")
+    parser.add_argument("--offload", action="store_true", help="offload 'model': encoders/VAE idle on CPU, blocks streamed")
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     args = parser.parse_args()
 
@@ -114,9 +117,15 @@ def main() -> int:
     compile_s = 0.0
     if args.fast:
         t = time.perf_counter()
-        options = bench_forward.speed.SpeedOptions()
+        options = bench_forward.speed.SpeedOptions(fp8_linears=args.fp8, compile_blocks=not args.no_compile)
         models.transformer = bench_forward.speed.apply_speed_options(models.transformer, options)
         compile_s = time.perf_counter() - t  # compilation itself happens lazily, inside the first step
+    if args.offload:
+        from wan_animate.wan.offload import place_models
+
+        place_models(models, "model")
+        models.offload = "model"
+        torch.cuda.empty_cache()
     cond = synthetic_conditioning(args.frames, args.height, args.width, 30.0)
     step_times: list[float] = []
 
@@ -125,7 +134,10 @@ def main() -> int:
         step_times.append(time.perf_counter())
 
     torch.cuda.reset_peak_memory_stats()
-    options = GenerationOptions(clip_len=args.frames, sampling_steps=args.steps, seed=0, color_match=False)
+    options = GenerationOptions(
+        clip_len=args.frames, sampling_steps=args.steps, seed=0, color_match=False,
+        offload="model" if args.offload else "none",
+    )  # fmt: skip
     start = time.perf_counter()
     frames = [clip for clip in generate(models, cond, options, on_step=on_step)]
     torch.cuda.synchronize()
@@ -141,6 +153,9 @@ def main() -> int:
         "frames": args.frames,
         "steps": args.steps,
         "fast_path": args.fast,
+        "fp8_linears": args.fp8,
+        "compiled": args.fast and not args.no_compile,
+        "offload": args.offload,
         "build_s": round(build_s, 1),
         "weights_gib": round(weights_gib, 1),
         "encode_s (text+clip+vae, to end of step 1)": round(step_times[0] - start, 2),

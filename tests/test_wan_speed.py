@@ -142,6 +142,17 @@ def test_default_path_on_cpu_compiles_fullgraph_and_keeps_output():
     assert rel_l2(out, ref) < 1e-6
 
 
+def test_eager_blocks_suspends_and_restores_every_compiled_block():
+    model = tiny_model()
+    count = speed.compile_blocks(model, backend="eager")
+    compiled = {name: m._compiled_call_impl for name, m in model.named_modules() if m._compiled_call_impl is not None}
+    assert len(compiled) == count > 0
+    with speed.eager_blocks(model) as suspended:
+        assert suspended == count
+        assert all(m._compiled_call_impl is None for m in model.modules())
+    assert {n: m._compiled_call_impl for n, m in model.named_modules() if m._compiled_call_impl is not None} == compiled
+
+
 def test_self_attention_processor_reproduces_diffusers():
     model = tiny_model()
     inputs = tiny_inputs(model)

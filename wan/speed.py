@@ -15,7 +15,8 @@ top of a cached residual that already contains them (tests/test_wan_speed.py sho
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -110,6 +111,26 @@ def compile_blocks(transformer: torch.nn.Module, backend: str = "inductor", mode
     if count == 0:
         raise ValueError(f"no {COMPILED_BLOCK_CLASSES} found in {type(transformer).__name__}")
     return count
+
+
+@contextmanager
+def eager_blocks(transformer: torch.nn.Module) -> Iterator[int]:
+    """Run the compiled blocks eagerly inside the block, compiled again after it; yields how many were compiled.
+
+    Needed where diffusers' group offloading streams the blocks: its onload hook is `torch.compiler.disable`d, which
+    a fullgraph-compiled block refuses ("Skip inlining torch.compiler.disable()d function", seen on the H100).
+    """
+    stashed = []
+    for module in transformer.modules():
+        compiled = getattr(module, "_compiled_call_impl", None)
+        if compiled is not None:
+            stashed.append((module, compiled))
+            module._compiled_call_impl = None
+    try:
+        yield len(stashed)
+    finally:
+        for module, compiled in stashed:
+            module._compiled_call_impl = compiled
 
 
 def is_block_linear(module: torch.nn.Module, fqn: str) -> bool:

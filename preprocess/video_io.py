@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,13 +135,25 @@ def frame_indices_for_fps(num_frames: int, src_fps: float, target_fps: float) ->
     return [int(i) for i in indices]
 
 
-def iter_frames(path: Path, indices: Sequence[int], chunk: int = READ_CHUNK, field: str = VIDEO_FIELD
-                ) -> Iterator[np.ndarray]:  # fmt: skip
-    """Decode the given frames in order, `chunk` at a time: yields (n, H, W, 3) uint8 RGB arrays."""
+def iter_frames(path: Path, indices: Sequence[int], chunk: int = READ_CHUNK, field: str = VIDEO_FIELD,
+                timeout_s: float = LIMITS.decode_timeout_s) -> Iterator[np.ndarray]:  # fmt: skip
+    """Decode the given frames in order, `chunk` at a time: yields (n, H, W, 3) uint8 RGB arrays.
+
+    Decoding itself (not the caller's work between chunks) may take at most `timeout_s` seconds in all: a file
+    that decodes pathologically slowly ends in an InputError instead of holding the worker.
+    """
     reader = _open_reader(Path(path), field)
+    decode_s = 0.0
     try:
         for start in range(0, len(indices), chunk):
             batch = list(indices[start : start + chunk])
+            if decode_s > timeout_s:
+                raise InputError(
+                    "decode_timeout", field,
+                    f"decoding took over {timeout_s:.0f} s (stopped at frame {batch[0]}); re-encode the video as "
+                    "H.264 at a lower resolution or make it shorter",
+                )  # fmt: skip
+            began = time.perf_counter()
             try:
                 frames = reader.get_batch(batch).asnumpy()
             except Exception as error:
@@ -149,6 +162,7 @@ def iter_frames(path: Path, indices: Sequence[int], chunk: int = READ_CHUNK, fie
                     f"decoding failed near frame {batch[0]} ({type(error).__name__}); the file may be truncated "
                     "or its codec unsupported. Re-encode it as an H.264 MP4",
                 ) from error  # fmt: skip
+            decode_s += time.perf_counter() - began
             yield frames
     finally:
         del reader

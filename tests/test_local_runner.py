@@ -74,3 +74,25 @@ def test_missing_file_exits_2_naming_the_input(tmp_path: Path, capsys: pytest.Ca
     assert main(["run", str(path), "--setup", str(EXAMPLE / "setup.json"), "--output-dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "[file_not_found] driving_video" in err
+
+
+def test_replacement_mode_runs_end_to_end_with_debug_videos(tmp_path: Path) -> None:
+    request = json.loads((EXAMPLE / "input.json").read_text())
+    request.update(
+        driving_video={"path": str(EXAMPLE / "driving.mp4")},
+        reference_image={"path": str(EXAMPLE / "reference.jpg")},
+        mode="replacement", fps=4, clip_len=5, sampling_steps=1, return_debug_videos=True,
+        mask_iterations=2, mask_kernel_size=5, mask_w_subdivisions=2, mask_h_subdivisions=3,
+    )  # fmt: skip
+    path = tmp_path / "input.json"
+    path.write_text(json.dumps(request))
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--setup", str(EXAMPLE / "setup.json"), "--output-dir", str(out)]) == 0
+    result = json.loads((out / "output.json").read_text())
+    # Replacement sizes from the driving video (448x252) at area 512*512: h = sqrt(262144 * 252 / 448) = 384.0,
+    # w = 262144 / 384 = 682.7 -> 672 (floored to 16).
+    assert (result["width"], result["height"], result["num_frames"]) == (672, 384, 8)
+    assert count_frames(Path(result["video"]["path"])) == 8
+    for key in ("pose_video", "face_video", "mask_video"):
+        assert Path(result[key]["path"]).is_file(), key
+    assert count_frames(Path(result["mask_video"]["path"])) == 8

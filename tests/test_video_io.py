@@ -226,3 +226,13 @@ def test_write_video_without_source_audio_stays_silent(tmp_path):
     out = vio.write_video(tmp_path / "s.mp4", _gradient_frames(4, 32, 32), fps=4,
                           audio_from=fixture_path("driving_two_people_3s_small.mp4"))  # fmt: skip
     assert vio.probe_video(out).has_audio is False
+
+
+def test_decoding_stops_with_a_clear_error_past_its_time_budget():
+    path = fixture_path("driving_two_people_3s_small.mp4")
+    chunks = vio.iter_frames(path, list(range(40)), chunk=20, timeout_s=0.0)
+    assert next(chunks).shape[0] == 20  # the first chunk is decoded, then the budget is spent
+    with pytest.raises(InputError) as info:
+        next(chunks)
+    assert (info.value.code, info.value.field) == ("decode_timeout", "driving_video")
+    assert sum(c.shape[0] for c in vio.iter_frames(path, list(range(40)), chunk=20)) == 40  # default budget: all

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -31,34 +30,6 @@ from typing import Any
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-# transformer/config.json of Wan-AI/Wan2.2-Animate-14B-Diffusers (as diffusers' conversion script writes it).
-FULL_CONFIG: dict[str, Any] = {
-    "patch_size": (1, 2, 2),
-    "num_attention_heads": 40,
-    "attention_head_dim": 128,
-    "in_channels": 36,
-    "latent_channels": 16,
-    "out_channels": 16,
-    "text_dim": 4096,
-    "freq_dim": 256,
-    "ffn_dim": 13824,
-    "num_layers": 40,
-    "cross_attn_norm": True,
-    "qk_norm": "rms_norm_across_heads",
-    "eps": 1e-6,
-    "image_dim": 1280,
-    "added_kv_proj_dim": 5120,
-    "rope_max_seq_len": 1024,
-    "pos_embed_seq_len": None,
-    "motion_encoder_size": 512,
-    "motion_style_dim": 512,
-    "motion_dim": 20,
-    "motion_encoder_dim": 512,
-    "face_encoder_hidden_dim": 1024,
-    "face_encoder_num_heads": 4,
-    "inject_face_latents_blocks": 5,
-}
 
 RESOLUTIONS = {"480p": (480, 832), "720p": (720, 1280)}  # (height, width), landscape
 NUM_FRAMES = 77
@@ -81,16 +52,22 @@ MODES: dict[str, dict[str, Any] | None] = {
 COMPILE_ESTIMATE_S = 120.0  # budget guess for one regional compile before it has been measured
 
 
-def load_speed_module() -> Any:
-    """wan/speed.py loaded by path (it has no package-relative imports), so this runs without the app's deps."""
-    spec = importlib.util.spec_from_file_location("wan_speed", REPO_ROOT / "wan" / "speed.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["wan_speed"] = module
-    spec.loader.exec_module(module)
-    return module
+def load_app_modules() -> tuple[Any, dict[str, Any]]:
+    """wan/speed.py and the 14B transformer config from wan/models.py, with the app folder imported as package
+    `wan_animate` (torch, diffusers, transformers and opencv are all they need on the GPU machine)."""
+    import importlib.machinery
+
+    if "wan_animate" not in sys.modules:
+        spec = importlib.machinery.ModuleSpec("wan_animate", None, is_package=True)
+        spec.submodule_search_locations = [str(REPO_ROOT)]
+        sys.modules["wan_animate"] = importlib.util.module_from_spec(spec)
+    from wan_animate.wan import models, speed
+
+    return speed, models.ANIMATE_14B_DIFFUSERS_CONFIG
 
 
-speed = load_speed_module()
+# the config of Wan-AI/Wan2.2-Animate-14B-Diffusers/transformer, as the app's loader uses it
+speed, FULL_CONFIG = load_app_modules()
 
 
 def log(msg: str) -> None:

@@ -26,6 +26,20 @@ def fixture_path(name: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def smoke_app() -> object:
+    """The app set up once with the smoke preset (tiny random weights), shared by a module's tests."""
+    import asyncio
+
+    from local_runner import import_app_module
+
+    inference = import_app_module("inference")
+    app = inference.App()
+    asyncio.run(app.setup(inference.AppSetup(preset="smoke")))
+    yield app
+    asyncio.run(app.unload())
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU; skipped without one")
     config.addinivalue_line("markers", "slow: takes more than ~30 s on 2 CPU cores")

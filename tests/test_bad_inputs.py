@@ -105,18 +105,10 @@ def test_bad_input_is_one_clear_error(
     assert "Traceback" not in err
 
 
-@pytest.fixture(scope="module")
-def app() -> object:
-    app = inference.App()
-    asyncio.run(app.setup(inference.AppSetup(preset="smoke")))
-    yield app
-    asyncio.run(app.unload())
-
-
-def run_ok(app: object, driving: Path = DRIVING, reference: Path = REFERENCE, **overrides: object) -> object:
+def run_ok(smoke_app: object, driving: Path = DRIVING, reference: Path = REFERENCE, **overrides: object) -> object:
     request = inference.AppInput(driving_video={"path": str(driving)}, reference_image={"path": str(reference)},
                                  **{**FAST, **overrides})  # fmt: skip
-    return asyncio.run(app.run(request))
+    return asyncio.run(smoke_app.run(request))
 
 
 def reference_variants(tmp_path: Path) -> dict[str, Path]:
@@ -139,10 +131,10 @@ def reference_variants(tmp_path: Path) -> dict[str, Path]:
     return paths
 
 
-def test_odd_reference_images_give_a_correct_video(app: object, tmp_path: Path) -> None:
+def test_odd_reference_images_give_a_correct_video(smoke_app: object, tmp_path: Path) -> None:
     sizes = {}
     for name, path in reference_variants(tmp_path).items():
-        output = run_ok(app, reference=path)
+        output = run_ok(smoke_app, reference=path)
         assert Path(output.video.path).is_file(), name
         assert output.num_frames == 4, name  # 2.0 s at 2 fps
         sizes[name] = (output.width, output.height)
@@ -151,31 +143,31 @@ def test_odd_reference_images_give_a_correct_video(app: object, tmp_path: Path) 
     assert len(set(sizes.values())) == 1, sizes
 
 
-def test_odd_videos_give_a_correct_video(app: object, tmp_path: Path) -> None:
+def test_odd_videos_give_a_correct_video(smoke_app: object, tmp_path: Path) -> None:
     no_audio = tmp_path / "silent.mp4"
     ffmpeg("-i", str(DRIVING), "-an", "-c:v", "copy", str(no_audio))
-    output = run_ok(app, driving=no_audio)
+    output = run_ok(smoke_app, driving=no_audio)
     assert "Audio:" not in streams(Path(output.video.path))
 
     mono_8k = tmp_path / "mono8k.mkv"  # odd audio: mono, 8 kHz, in a Matroska container, misleading extension next
     ffmpeg("-i", str(DRIVING), "-c:v", "copy", "-ac", "1", "-ar", "8000", "-c:a", "libvorbis", str(mono_8k))
     misnamed = tmp_path / "clip.txt"
     misnamed.write_bytes(mono_8k.read_bytes())
-    output = run_ok(app, driving=misnamed)
+    output = run_ok(smoke_app, driving=misnamed)
     info = streams(Path(output.video.path))
     assert "Audio:" in info and output.num_frames == 4
 
     vfr = tmp_path / "vfr.mp4"  # variable frame rate: every third frame dropped, timestamps kept
     ffmpeg("-i", str(DRIVING), "-vf", "select='not(eq(mod(n,3),1))'", "-fps_mode", "vfr", "-an", str(vfr))
-    output = run_ok(app, driving=vfr)
+    output = run_ok(smoke_app, driving=vfr)
     assert Path(output.video.path).is_file() and output.num_frames >= 3
 
 
-def test_one_frame_video_is_a_clear_error_or_a_one_frame_video(app: object, tmp_path: Path) -> None:
+def test_one_frame_video_is_a_clear_error_or_a_one_frame_video(smoke_app: object, tmp_path: Path) -> None:
     single = tmp_path / "one.mp4"
     ffmpeg("-i", str(DRIVING), "-frames:v", "1", "-an", str(single))
     try:
-        output = run_ok(app, driving=single, fps=-1)
+        output = run_ok(smoke_app, driving=single, fps=-1)
     except inference.InputError as error:
         assert (error.code, error.field) == ("video_too_short", "driving_video")
     else:

@@ -46,39 +46,31 @@ def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def app() -> object:
-    app = inference.App()
-    asyncio.run(app.setup(inference.AppSetup(preset="smoke")))
-    yield app
-    asyncio.run(app.unload())
-
-
 @pytest.mark.slow
 def test_twenty_runs_in_one_process_do_not_grow_memory_or_reload_weights(
-    app: object, monkeypatch: pytest.MonkeyPatch
+    smoke_app: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     wan = import_app_module("wan")
     loads = []
     monkeypatch.setattr(wan, "build_tiny_models", lambda *a, **k: loads.append(1))
     monkeypatch.setattr(runtime_module, "load_runtime", lambda *a, **k: loads.append(1))
-    transformer = app.runtime.wan_models.transformer
+    transformer = smoke_app.runtime.wan_models.transformer
     process = psutil.Process()
     rss = []
     for _ in range(20):
-        output = asyncio.run(app.run(smoke_input()))
+        output = asyncio.run(smoke_app.run(smoke_input()))
         Path(output.video.path).unlink()
         gc.collect()
         rss.append(process.memory_info().rss)
-    assert loads == [] and app.runtime.wan_models.transformer is transformer
+    assert loads == [] and smoke_app.runtime.wan_models.transformer is transformer
     growth_mb = (rss[-1] - rss[1]) / 2**20  # run 1 warms caches (allocator pools, codec libraries)
     assert growth_mb < 100, f"RSS grew {growth_mb:.0f} MB over 18 runs: {[r // 2**20 for r in rss]}"
 
 
-def test_temporary_files_are_removed_on_success_and_on_failure(app: object, tmp_path: Path, private_tmp: Path) -> None:
+def test_temporary_files_are_removed_on_success_and_on_failure(smoke_app: object, tmp_path: Path, private_tmp: Path) -> None:
     before = run_dirs()
     assert before == set()
-    output = asyncio.run(app.run(smoke_input()))
+    output = asyncio.run(smoke_app.run(smoke_input()))
     assert Path(output.video.path).is_file()
     assert run_dirs() == before
     assert any(p.name.startswith("wan-animate-out-") for p in private_tmp.iterdir())  # the output stays
@@ -90,7 +82,7 @@ def test_temporary_files_are_removed_on_success_and_on_failure(app: object, tmp_
     bad = smoke_input(retarget_flag=True)
     bad.reference_image = inference.File(path=str(blank))
     with pytest.raises(inference.InputError) as info:
-        asyncio.run(app.run(bad))
+        asyncio.run(smoke_app.run(bad))
     assert (info.value.code, info.value.field) == ("no_person_in_reference", "reference_image")
     assert run_dirs() == before
 

@@ -127,6 +127,29 @@ def _reset_transformer_caches(transformer: torch.nn.Module) -> None:
 
 
 @torch.no_grad()
+def _predict(
+    transformer: torch.nn.Module,
+    model_input: torch.Tensor,  # (1, 36, 1 + lat_t, h, w): noisy latents + conditioning channels
+    timestep: torch.Tensor,  # (1,)
+    context: torch.Tensor,  # (1, 512, text_dim)
+    clip_context: torch.Tensor,  # (1, 257, image_dim)
+    pose: torch.Tensor,  # (1, 16, lat_t, h, w)
+    face: torch.Tensor,  # (1, 3, T, 512, 512)
+    cache_name: str,
+) -> torch.Tensor:
+    """One transformer forward (flow prediction, float32); `cache_name` keeps cond/uncond caching hooks apart."""
+    with transformer.cache_context(cache_name):
+        return transformer(
+            hidden_states=model_input,
+            timestep=timestep,
+            encoder_hidden_states=context,
+            encoder_hidden_states_image=clip_context,
+            pose_hidden_states=pose,
+            face_pixel_values=face,
+            return_dict=False,
+        )[0].float()
+
+
 def _denoise(
     models: WanAnimateModels,
     noise: torch.Tensor,
@@ -161,27 +184,11 @@ def _denoise(
             raise Cancelled(f"cancelled at clip {segment[0] + 1}/{segment[1]}, step {step + 1}/{len(timesteps)}")
         model_input = torch.cat([latents.to(models.dtype), y], dim=1)
         timestep = t.expand(1)
-        with transformer.cache_context("cond"):
-            noise_pred = transformer(
-                hidden_states=model_input,
-                timestep=timestep,
-                encoder_hidden_states=context,
-                encoder_hidden_states_image=clip_context,
-                pose_hidden_states=pose,
-                face_pixel_values=face,
-                return_dict=False,
-            )[0].float()
+        noise_pred = _predict(transformer, model_input, timestep, context, clip_context, pose, face, "cond")
         if guided:
-            with transformer.cache_context("uncond"):
-                noise_uncond = transformer(
-                    hidden_states=model_input,
-                    timestep=timestep,
-                    encoder_hidden_states=context_null,
-                    encoder_hidden_states_image=clip_context,
-                    pose_hidden_states=pose,
-                    face_pixel_values=face_uncond,
-                    return_dict=False,
-                )[0].float()
+            noise_uncond = _predict(
+                transformer, model_input, timestep, context_null, clip_context, pose, face_uncond, "uncond"
+            )
             noise_pred = noise_uncond + options.guide_scale * (noise_pred - noise_uncond)
         latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
         if on_step is not None:

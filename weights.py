@@ -48,6 +48,8 @@ TRANSFORMER = HubComponent(
 RELIGHTING_LORA = HubComponent("relighting_lora", WAN_ANIMATE_REPO, ("relighting_lora.ckpt",), 1.5)
 DETECTOR = HubComponent("detector", WAN_ANIMATE_REPO, ("process_checkpoint/det/yolov10m.onnx",), 0.06)
 POSE = HubComponent("pose", WAN_ANIMATE_REPO, ("process_checkpoint/pose2d/*",), 2.5)
+# Only the transformer's config.json from the Diffusers repo (the weights come from the bf16 release above).
+TRANSFORMER_CONFIG = HubComponent("transformer_config", WAN_ANIMATE_DIFFUSERS_REPO, ("transformer/config.json",), 0.0)
 VAE = HubComponent("vae", WAN_ANIMATE_DIFFUSERS_REPO, ("vae/*",), 0.5)
 TEXT_ENCODER = HubComponent("text_encoder", WAN_ANIMATE_DIFFUSERS_REPO, ("text_encoder/*", "tokenizer/*"), 11.4)
 IMAGE_ENCODER = HubComponent("image_encoder", WAN_ANIMATE_DIFFUSERS_REPO, ("image_encoder/*", "image_processor/*"), 1.3)
@@ -63,7 +65,7 @@ FLUX_KONTEXT = HubComponent(
 )  # fmt: skip
 
 CORE_COMPONENTS: tuple[HubComponent, ...] = (
-    TRANSFORMER, RELIGHTING_LORA, VAE, TEXT_ENCODER, IMAGE_ENCODER, DETECTOR, POSE, SAM2,
+    TRANSFORMER, TRANSFORMER_CONFIG, RELIGHTING_LORA, VAE, TEXT_ENCODER, IMAGE_ENCODER, DETECTOR, POSE, SAM2,
 )  # fmt: skip
 
 
@@ -134,6 +136,7 @@ class WeightPaths:
     """Local paths of every file the full model needs (what setup hands to the loaders)."""
 
     transformer_dir: Path  # config.json + bf16 safetensors shards in the original key layout
+    transformer_config: Path  # the diffusers config.json of the same transformer (sizes the converter maps to)
     relighting_lora: Path  # relighting_lora.ckpt
     diffusers_dir: Path  # snapshot of the Diffusers repo: vae/, text_encoder/, tokenizer/, image_encoder/, ...
     detector_onnx: Path  # yolov10m.onnx
@@ -148,6 +151,7 @@ def fetch_all(cache_dir: Path | None = None, with_flux: bool = False) -> WeightP
     flux_dir = fetch_component(FLUX_KONTEXT, cache_dir) if with_flux else None
     return WeightPaths(
         transformer_dir=roots["transformer"],
+        transformer_config=roots["transformer_config"] / "transformer" / "config.json",
         relighting_lora=roots["relighting_lora"] / "relighting_lora.ckpt",
         diffusers_dir=roots["vae"],
         detector_onnx=roots["detector"] / "process_checkpoint" / "det" / "yolov10m.onnx",

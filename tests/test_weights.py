@@ -26,6 +26,7 @@ FAKE_REPOS = {
         "process_checkpoint/sam2/sam2_hiera_large.pt",
     ],
     weights.WAN_ANIMATE_DIFFUSERS_REPO: [
+        "transformer/config.json",
         "vae/config.json",
         "vae/diffusion_pytorch_model.safetensors",
         "text_encoder/config.json",
@@ -65,6 +66,7 @@ def test_fetch_all_resolves_every_file_from_the_cache(tmp_path: Path, offline: N
     paths = weights.fetch_all(tmp_path)
     snapshot = tmp_path / f"models--{weights.WAN_ANIMATE_REPO.replace('/', '--')}" / "snapshots" / COMMIT
     assert paths.transformer_dir == snapshot
+    assert paths.transformer_config.read_bytes() == b"transformer/config.json"
     assert paths.relighting_lora.read_bytes() == b"relighting_lora.ckpt"
     assert paths.detector_onnx.read_bytes() == b"process_checkpoint/det/yolov10m.onnx"
     assert (paths.pose_onnx / "end2end.onnx").is_file()
@@ -83,7 +85,7 @@ def test_a_missing_file_offline_names_the_component_and_the_fix(tmp_path: Path, 
 
 def test_an_absent_repo_offline_is_a_clear_error(tmp_path: Path, offline: None) -> None:
     write_fake_cache(tmp_path, {k: v for k, v in FAKE_REPOS.items() if k != weights.WAN_ANIMATE_DIFFUSERS_REPO})
-    with pytest.raises(weights.WeightsUnavailableError, match="vae.*Wan2.2-Animate-14B-Diffusers"):
+    with pytest.raises(weights.WeightsUnavailableError, match="transformer_config: Wan-AI/Wan2.2-Animate-14B-Diffusers"):
         weights.fetch_all(tmp_path)
 
 

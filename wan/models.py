@@ -81,10 +81,14 @@ class ModelPaths:
 
     @classmethod
     def from_weight_paths(cls, paths: Any) -> ModelPaths:
-        """From the app's weights.WeightPaths (transformer_dir, diffusers_dir, relighting_lora)."""
+        """From the app's weights.WeightPaths (transformer_dir, transformer_config, diffusers_dir, relighting_lora)."""
         lora = Path(paths.relighting_lora) if getattr(paths, "relighting_lora", None) else None
+        config = Path(paths.transformer_config) if getattr(paths, "transformer_config", None) else None
         return cls(
-            transformer=Path(paths.transformer_dir), diffusers_dir=Path(paths.diffusers_dir), relighting_lora=lora
+            transformer=Path(paths.transformer_dir),
+            diffusers_dir=Path(paths.diffusers_dir),
+            relighting_lora=lora,
+            transformer_config=config,
         )
 
 

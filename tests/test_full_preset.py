@@ -1,0 +1,103 @@
+"""The `full` preset's real loading path, offline: a fake Hub cache holding tiny checkpoints written in the release's
+own file formats (sharded original-layout DiT + index, relighting .ckpt, YOLOv10/ViTPose ONNX in the release's
+folder layout, the original SAM2 .pt, HF-format VAE/UMT5/CLIP/tokenizer, the transformer's diffusers config), then
+App.setup(preset="full") and a request through it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tiny_onnx
+import torch
+
+from local_runner import APP_ROOT, import_app_module
+
+inference = import_app_module("inference")
+weights = import_app_module("weights")
+testing = import_app_module("wan.testing")
+wan_models = import_app_module("wan.models")
+masks = import_app_module("preprocess.masks")
+COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
+EXAMPLE = APP_ROOT / "examples" / "smoke"
+DATA = APP_ROOT / "tests" / "data"
+
+
+def snapshot(cache: Path, repo_id: str) -> Path:
+    """An empty snapshot folder of `repo_id` at COMMIT, with refs/main pointing at it (huggingface_hub's layout)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(COMMIT)
+    folder = repo / "snapshots" / COMMIT
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def write_release(cache: Path) -> torch.nn.Module:
+    """Tiny checkpoints of every component in the release's formats; returns the transformer they came from."""
+    tiny = wan_models.build_tiny_models(seed=0, motion_encoder_size=512)  # release motion-encoder layout
+    original = snapshot(cache, weights.WAN_ANIMATE_REPO)
+    testing.write_original_checkpoint(tiny.transformer, original, num_shards=2)
+    testing.write_relighting_checkpoint(tiny.transformer, original / "relighting_lora.ckpt")
+    # One confident person box over the middle of the 640x640 detector input: x1, y1, x2, y2, score, class.
+    (original / "process_checkpoint/det").mkdir(parents=True)
+    tiny_onnx.write_detector(original / "process_checkpoint/det/yolov10m.onnx", np.array([[160, 60, 480, 620, 0.9, 0]]))
+    weight = np.random.default_rng(0).normal(size=(133, 3)).astype(np.float32)
+    tiny_onnx.write_vitpose(original / "process_checkpoint/pose2d/vitpose_h_wholebody.onnx", weight)
+    keys = json.loads((DATA / "sam2_hiera_tiny_keys.json").read_text())["keys"]
+    generator = torch.Generator().manual_seed(0)
+    sam2 = {key: torch.randn(shape, generator=generator) * 0.02 for key, shape in keys.items()}
+    (original / "process_checkpoint/sam2").mkdir(parents=True)
+    torch.save({"model": sam2}, original / "process_checkpoint/sam2/sam2_hiera_large.pt")
+
+    diffusers_repo = snapshot(cache, weights.WAN_ANIMATE_DIFFUSERS_REPO)
+    tiny.vae.save_pretrained(diffusers_repo / "vae")
+    tiny.text_encoder.save_pretrained(diffusers_repo / "text_encoder")
+    tiny.tokenizer.save_pretrained(diffusers_repo / "tokenizer")
+    tiny.image_encoder.save_pretrained(diffusers_repo / "image_encoder")
+    tiny.image_processor.save_pretrained(diffusers_repo / "image_processor")
+    (diffusers_repo / "transformer").mkdir()
+    (diffusers_repo / "transformer" / "config.json").write_text(tiny.transformer.to_json_string())
+    return tiny.transformer
+
+
+@pytest.fixture(scope="module")
+def full_app(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, torch.nn.Module]:
+    cache = tmp_path_factory.mktemp("hub")
+    source = write_release(cache)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        app = inference.App()
+        asyncio.run(app.setup(inference.AppSetup(preset="full", cache_dir=str(cache))))
+    yield app, source
+    asyncio.run(app.unload())
+
+
+def test_setup_loads_every_component_from_the_cache(full_app: tuple[object, torch.nn.Module]) -> None:
+    app, source = full_app
+    models = app.runtime.wan_models
+    assert app.runtime.preset == "full" and models.relighting_adapter is not None
+    # PEFT wraps the linears the relighting LoRA targets: their weights sit under `.base_layer.`.
+    loaded = {k.replace(".base_layer.", "."): v for k, v in models.transformer.state_dict().items() if "lora_" not in k}
+    # The original layout converts back to the same weights, at bf16 precision (the release is bf16; the loader
+    # reads it in bf16 and restores float32 storage for the modules diffusers keeps in float32).
+    assert set(loaded) == set(source.state_dict())
+    for key, value in source.state_dict().items():
+        assert torch.equal(loaded[key].float(), value.to(torch.bfloat16).float()), key
+    assert loaded["scale_shift_table"].dtype == torch.float32 and loaded["blocks.0.attn1.to_q.weight"].dtype == torch.bfloat16
+    assert type(app.runtime.preprocess_models.segmenter).__name__ == "Sam2VideoSegmenter"
+    assert models.text_encoder.config.d_model == 32  # the tiny UMT5 written above, not a default
+
+
+@pytest.mark.parametrize("mode", ["animation", "replacement"])
+def test_a_request_runs_through_the_full_preset(full_app: tuple[object, torch.nn.Module], mode: str) -> None:
+    app, _ = full_app
+    request = inference.AppInput(
+        driving_video={"path": str(EXAMPLE / "driving.mp4")}, reference_image={"path": str(EXAMPLE / "reference.jpg")},
+        mode=mode, resolution_width=512, resolution_height=512, fps=2, clip_len=5, sampling_steps=1, seed=5,
+    )  # fmt: skip
+    output = asyncio.run(app.run(request))
+    assert Path(output.video.path).is_file() and output.num_frames == 4

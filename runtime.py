@@ -111,8 +111,13 @@ def load_runtime(setup: AppSetup) -> Runtime:
         )
         wan_models.transformer = apply_speed_options(wan_models.transformer, speed)
         if compile_blocks:  # pay compilation now for the default request shape (720p landscape, 77 frames)
+            from .wan.lora import request_adapters
+
             inputs = make_example_inputs(wan_models.transformer.config, 720, 1280, device=device)
             logger.info("compile warm-up: %.1f s", warmup(wan_models.transformer, inputs))
+            # Replacement requests switch the relighting adapter on: one more graph (measured ~8 s at 480p), paid now.
+            with request_adapters(wan_models.transformer, wan_models.relighting_adapter, True, []):
+                logger.info("compile warm-up (relighting on): %.1f s", warmup(wan_models.transformer, inputs))
     return Runtime(preset="full", device=device, preprocess_models=preprocess_models, wan_models=wan_models, speed=speed)
 
 

@@ -97,22 +97,28 @@ def load_runtime(setup: AppSetup) -> Runtime:
         paths, device=device, dtype=torch.bfloat16, offload="model" if setup.offload_model else "none"
     )
     speed = None
-    if device.type == "cuda":
+    if device.type == "cuda" and setup.offload_model:
+        # Offloaded worker (24-48 GB cards): blocks stream from the CPU, so no compile (group offload and compiled
+        # blocks do not mix) and no custom attention kernels (they need the weights resident); FP8 is applied block by
+        # block so the bf16 model never has to fit on the card.
+        from .wan.speed import quantize_offloaded_blocks_fp8
+
+        if setup.fp8:
+            quantize_offloaded_blocks_fp8(wan_models.transformer, device)
+        if setup.compile or setup.attention != "default":
+            logger.info("offloaded worker: compile and attention=%r are not applied", setup.attention)
+    elif device.type == "cuda":
+        from .wan.lora import request_adapters
         from .wan.speed import SpeedOptions, apply_speed_options, make_example_inputs, warmup
 
-        compile_blocks = setup.compile and not setup.offload_model
-        if setup.compile and setup.offload_model:
-            logger.info("compile off: group offloading streams the blocks, which compiled blocks refuse")
         speed = SpeedOptions(
-            compile_blocks=compile_blocks,
             fp8_linears=setup.fp8,
+            compile_blocks=setup.compile,
             sage_attention=setup.attention == "sage",
             fp8_attention=setup.attention == "fp8",
         )
         wan_models.transformer = apply_speed_options(wan_models.transformer, speed)
-        if compile_blocks:  # pay compilation now for the default request shape (720p landscape, 77 frames)
-            from .wan.lora import request_adapters
-
+        if setup.compile:  # pay compilation now for the default request shape (720p landscape, 77 frames)
             inputs = make_example_inputs(wan_models.transformer.config, 720, 1280, device=device)
             logger.info("compile warm-up: %.1f s", warmup(wan_models.transformer, inputs))
             # Replacement requests switch the relighting adapter on: one more graph (measured ~8 s at 480p), paid now.

@@ -148,6 +148,23 @@ def quantize_block_linears_fp8(transformer: torch.nn.Module) -> None:
     quantize_(transformer, config, filter_fn=is_block_linear)
 
 
+def quantize_offloaded_blocks_fp8(transformer: torch.nn.Module, device: torch.device) -> None:
+    """FP8 block linears for a transformer whose weights stay on the CPU (group offload): each block visits `device`
+    to be quantized (torchao's float8 path needs the GPU) and goes back, so the bf16 model never has to fit on the
+    card. Same layers and format as quantize_block_linears_fp8."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    from .offload import disable_transformer_offload, enable_transformer_offload
+
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
+    disable_transformer_offload(transformer)
+    for block in transformer.blocks:
+        block.to(device)
+        quantize_(block, config, filter_fn=lambda module, fqn: isinstance(module, torch.nn.Linear))
+        block.to("cpu")
+    enable_transformer_offload(transformer, device)
+
+
 # --- self-attention with a replaceable attention kernel -------------------------------------------------------------
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

@@ -229,9 +229,9 @@ class App(BaseApp):
 
         driving = _check_file(input_data.driving_video, "driving_video")
         reference = _check_file(input_data.reference_image, "reference_image")
-        if input_data.use_flux and not self.setup_options.enable_flux and self.setup_options.preset == "full":
+        if input_data.use_flux and self.runtime.preprocess_models.flux is None:  # before decoding anything
             raise InputError(
-                "flux_not_enabled", "use_flux", "this worker was set up without FLUX Kontext; set use_flux=false"
+                "flux_unavailable", "use_flux", "this worker has no FLUX Kontext model loaded; set use_flux=false"
             )
         seed = _resolve_seed(input_data.seed)
         out_dir = Path(tempfile.mkdtemp(prefix="wan-animate-out-"))

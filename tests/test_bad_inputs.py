@@ -172,3 +172,11 @@ def test_one_frame_video_is_a_clear_error_or_a_one_frame_video(smoke_app: object
         assert (error.code, error.field) == ("video_too_short", "driving_video")
     else:
         assert output.num_frames == 1
+
+
+def test_use_flux_on_a_worker_without_flux_is_refused_before_any_work(smoke_app: object, monkeypatch) -> None:
+    pipeline = import_app_module("preprocess.pipeline")
+    monkeypatch.setattr(pipeline, "probe_video", lambda *a, **k: pytest.fail("the video was opened"))
+    with pytest.raises(inference.InputError) as info:
+        run_ok(smoke_app, retarget_flag=True, use_flux=True)
+    assert (info.value.code, info.value.field) == ("flux_unavailable", "use_flux")

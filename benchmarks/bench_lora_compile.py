@@ -1,9 +1,15 @@
-"""Does the compiled (and optionally FP8) transformer keep its speed when requests switch the relighting LoRA on
-and off? Full-size random weights, a rank-128 random relighting LoRA loaded the app's way (unmerged PEFT adapter),
-then forwards at 480p in the order animation, replacement, animation, replacement, animation: prints each forward's
-time and the number of graphs dynamo compiled so far.
+"""Does the compiled (and optionally FP8) transformer keep its speed when requests switch LoRAs?
 
-    python benchmarks/bench_lora_compile.py [--fp8] --out $OUT
+Full-size random weights, a rank-128 random relighting LoRA loaded the app's way (unmerged PEFT adapter), forwards
+at 480p. Two scenarios:
+
+- `relighting`: animation, replacement, animation, replacement, animation (the relighting adapter on and off).
+- `user`: a sequence of requests carrying user LoRAs (random safetensors in the community layout, ranks 16-64),
+  loaded and deleted per request through `request_adapters` exactly as `runtime.run_job` does; per request it
+  prints the load time, the first forward (which pays any recompile), a second forward, and dynamo's graph count;
+  then one forward with the same LoRA run eagerly (`eager_blocks`) for the compile-versus-eager trade.
+
+    python benchmarks/bench_lora_compile.py [--fp8] [--scenario relighting|user] --out $OUT
 """
 
 from __future__ import annotations
@@ -14,21 +20,95 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 APP_ROOT = Path(__file__).resolve().parents[1]
 
+# (request label, use relighting, user LoRA names); LoRA name -> rank in USER_LORA_RANKS
+USER_REQUESTS: list[tuple[str, bool, list[str]]] = [
+    ("no LoRA", False, []),
+    ("LoRA A (rank 32)", False, ["A"]),
+    ("no LoRA", False, []),
+    ("LoRA A again (reloaded)", False, ["A"]),
+    ("LoRA B (rank 64)", False, ["B"]),
+    ("LoRAs A + B", False, ["A", "B"]),
+    ("replacement + LoRA A", True, ["A"]),
+    ("LoRA C (rank 16)", False, ["C"]),
+    ("LoRA A again", False, ["A"]),
+]
+USER_LORA_RANKS = {"A": 32, "B": 64, "C": 16}
+
+
+def timed_forward(speed: Any, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[float, bool]:
+    """Seconds for one forward (CUDA-synchronised) and whether the output is finite."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = speed.run_forward(model, inputs)
+    torch.cuda.synchronize()
+    return time.perf_counter() - start, bool(torch.isfinite(out).all())
+
+
+def graphs_so_far() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def run_relighting(speed: Any, model: torch.nn.Module, adapter: str, inputs: dict[str, torch.Tensor]) -> list[dict]:
+    from wan_animate.wan.lora import request_adapters
+
+    rows = []
+    for mode in ("animation", "replacement", "animation", "replacement", "animation"):
+        with request_adapters(model, adapter, mode == "replacement", []):
+            seconds, finite = timed_forward(speed, model, inputs)
+        rows.append({"mode": mode, "seconds": round(seconds, 3), "graphs_so_far": graphs_so_far(), "finite": finite})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def run_user_loras(
+    speed: Any, model: torch.nn.Module, adapter: str, inputs: dict[str, torch.Tensor], folder: Path
+) -> list[dict]:
+    from wan_animate.wan.lora import request_adapters
+    from wan_animate.wan.testing import write_user_lora
+
+    paths = {
+        name: write_user_lora(model, folder / f"user_{name}.safetensors", rank=rank, alpha=rank, seed=i + 10)
+        for i, (name, rank) in enumerate(USER_LORA_RANKS.items())
+    }
+    timed_forward(speed, model, inputs)  # compile the no-LoRA graph first, as setup's warmup does
+    rows = []
+    for label, relight, names in USER_REQUESTS:
+        loras = [(paths[name], 1.0) for name in names]
+        start = time.perf_counter()
+        with request_adapters(model, adapter, relight, loras):
+            load_s = time.perf_counter() - start
+            first_s, finite = timed_forward(speed, model, inputs)
+            second_s, _ = timed_forward(speed, model, inputs)
+        row = {"request": label, "load_s": round(load_s, 2), "first_forward_s": round(first_s, 2),
+               "second_forward_s": round(second_s, 3), "graphs_so_far": graphs_so_far(), "finite": finite}  # fmt: skip
+        rows.append(row)
+        print(row, flush=True)
+    with request_adapters(model, adapter, False, [(paths["A"], 1.0)]), speed.eager_blocks(model):
+        timed_forward(speed, model, inputs)
+        eager_s, _ = timed_forward(speed, model, inputs)
+    rows.append({"request": "LoRA A, blocks eager", "second_forward_s": round(eager_s, 3)})
+    print(rows[-1], flush=True)
+    return rows
+
 
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fp8", action="store_true")
-    parser.add_argument("--rank", type=int, default=128)
+    parser.add_argument("--scenario", choices=("relighting", "user"), default="relighting")
+    parser.add_argument("--rank", type=int, default=128, help="relighting LoRA rank")
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     args = parser.parse_args()
     sys.path.insert(0, str(APP_ROOT / "benchmarks"))
     import bench_forward  # registers the app package; full-size model builder
-    from wan_animate.wan.lora import load_relighting_lora, request_adapters
+    from wan_animate.wan.lora import load_relighting_lora
     from wan_animate.wan.testing import write_relighting_checkpoint
 
     speed = bench_forward.speed
@@ -36,25 +116,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = write_relighting_checkpoint(model, Path(tmp) / "relighting_lora.ckpt", rank=args.rank)
         adapter = load_relighting_lora(model, path)
-    model = speed.apply_speed_options(model, speed.SpeedOptions(fp8_linears=args.fp8))
-    inputs = speed.make_example_inputs(model.config, 480, 832, device="cuda")
-    from torch._dynamo.utils import counters
-
-    rows = []
-    for mode in ("animation", "replacement", "animation", "replacement", "animation"):
-        with request_adapters(model, adapter, mode == "replacement", []):
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            out = speed.run_forward(model, inputs)
-            torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-        rows.append({"mode": mode, "seconds": round(seconds, 3), "graphs_so_far": counters["stats"]["unique_graphs"],
-                     "finite": bool(torch.isfinite(out).all())})  # fmt: skip
-        print(rows[-1], flush=True)
-    result = {"fp8": args.fp8, "rank": args.rank, "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+        model = speed.apply_speed_options(model, speed.SpeedOptions(fp8_linears=args.fp8))
+        inputs = speed.make_example_inputs(model.config, 480, 832, device="cuda")
+        if args.scenario == "relighting":
+            rows = run_relighting(speed, model, adapter, inputs)
+        else:
+            rows = run_user_loras(speed, model, adapter, inputs, Path(tmp))
+    result = {"scenario": args.scenario, "fp8": args.fp8, "rank": args.rank,
+              "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+              "recompile_limit": getattr(torch._dynamo.config, "recompile_limit", None),
               "date": time.strftime("%Y-%m-%d"), "forwards": rows}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"lora_compile{'_fp8' if args.fp8 else ''}.json").write_text(json.dumps(result, indent=2))
+    suffix = ("_user" if args.scenario == "user" else "") + ("_fp8" if args.fp8 else "")
+    (args.out / f"lora_compile{suffix}.json").write_text(json.dumps(result, indent=2))
     return 0
 
 

@@ -35,6 +35,7 @@ class Runtime:
     preprocess_models: Any  # preprocess.PreprocessModels
     wan_models: Any  # wan.WanAnimateModels
     speed: Any = None  # wan.speed.SpeedOptions applied at load
+    compile_budget: Any = None  # wan.speed.CompileBudget when the blocks are compiled
 
     def close(self) -> None:
         """Drop the models and give GPU memory back."""
@@ -97,6 +98,7 @@ def load_runtime(setup: AppSetup) -> Runtime:
         paths, device=device, dtype=torch.bfloat16, offload="model" if setup.offload_model else "none"
     )
     speed = None
+    budget = None
     if device.type == "cuda" and setup.offload_model:
         # Offloaded worker (24-48 GB cards): blocks stream from the CPU, so no compile (group offload and compiled
         # blocks do not mix) and no custom attention kernels (they need the weights resident); FP8 is applied block by
@@ -109,7 +111,7 @@ def load_runtime(setup: AppSetup) -> Runtime:
             logger.info("offloaded worker: compile and attention=%r are not applied", setup.attention)
     elif device.type == "cuda":
         from .wan.lora import request_adapters
-        from .wan.speed import SpeedOptions, apply_speed_options, make_example_inputs, warmup
+        from .wan.speed import CompileBudget, SpeedOptions, apply_speed_options, make_example_inputs, warmup
 
         speed = SpeedOptions(
             fp8_linears=setup.fp8,
@@ -119,12 +121,23 @@ def load_runtime(setup: AppSetup) -> Runtime:
         )
         wan_models.transformer = apply_speed_options(wan_models.transformer, speed)
         if setup.compile:  # pay compilation now for the default request shape (720p landscape, 77 frames)
+            budget = CompileBudget.below_recompile_limit()
             inputs = make_example_inputs(wan_models.transformer.config, 720, 1280, device=device)
+            budget.admit(forward_signature(720, 1280, 77, ()))
             logger.info("compile warm-up: %.1f s", warmup(wan_models.transformer, inputs))
             # Replacement requests switch the relighting adapter on: one more graph (measured ~8 s at 480p), paid now.
-            with request_adapters(wan_models.transformer, wan_models.relighting_adapter, True, []):
-                logger.info("compile warm-up (relighting on): %.1f s", warmup(wan_models.transformer, inputs))
-    return Runtime(preset="full", device=device, preprocess_models=preprocess_models, wan_models=wan_models, speed=speed)
+            if wan_models.relighting_adapter is not None:
+                budget.admit(forward_signature(720, 1280, 77, (wan_models.relighting_adapter,)))
+                with request_adapters(wan_models.transformer, wan_models.relighting_adapter, True, []):
+                    logger.info("compile warm-up (relighting on): %.1f s", warmup(wan_models.transformer, inputs))
+    return Runtime(
+        preset="full",
+        device=device,
+        preprocess_models=preprocess_models,
+        wan_models=wan_models,
+        speed=speed,
+        compile_budget=budget,
+    )
 
 
 def preprocess_options(inp: AppInput) -> Any:
@@ -207,11 +220,42 @@ def _counted(frames: Iterator[np.ndarray], counter: list[int]) -> Iterator[np.nd
         yield clip
 
 
+def forward_signature(height: int, width: int, clip_len: int, adapters: tuple[str, ...]) -> tuple:
+    """What decides the compiled blocks' graph for a request: frame size, clip length and the active setup adapters
+    (their names; each has a fixed rank and scale)."""
+    return (height, width, clip_len, tuple(sorted(adapters)))
+
+
+def runs_compiled(runtime: Runtime, inp: AppInput, height: int, width: int, loras: list[tuple[Path, float]]) -> bool:
+    """Whether this request may use the compiled blocks, or must run them eagerly (they come back after it).
+
+    Eager: offload_model (group offload and compiled blocks do not mix); user LoRAs (every rank set and scale would
+    compile a new graph that no later request is likely to reuse); a new signature once the worker's compile budget
+    is spent (see wan.speed.CompileBudget).
+    """
+    if runtime.speed is None or not runtime.speed.compile_blocks or runtime.compile_budget is None:
+        return True
+    if inp.offload_model:
+        logger.info("offload_model: the transformer blocks run uncompiled for this request")
+        return False
+    if loras:
+        logger.info("user LoRAs: the transformer blocks run uncompiled for this request")
+        return False
+    relighting = runtime.wan_models.relighting_adapter
+    adapters = (relighting,) if inp.mode == "replacement" and relighting is not None else ()
+    if runtime.compile_budget.admit(forward_signature(height, width, inp.clip_len, adapters)):
+        return True
+    logger.info(
+        "compile budget spent (%d shapes compiled): %dx%d, clip_len %d runs uncompiled",
+        len(runtime.compile_budget.compiled), width, height, inp.clip_len,
+    )  # fmt: skip
+    return False
+
+
 @contextmanager
-def _eager_if_offloaded(runtime: Runtime, offload_model: bool) -> Iterator[None]:
-    """A request with offload_model on a compiled worker runs its blocks eagerly (group offload and compiled
-    blocks do not mix); the worker's compiled blocks come back for the next request."""
-    if not (offload_model and runtime.speed is not None and runtime.speed.compile_blocks):
+def _blocks_for_request(runtime: Runtime, compiled: bool) -> Iterator[None]:
+    """The compiled blocks as they are, or suspended for the request (compiled again after it)."""
+    if compiled:
         yield
         return
     from .wan.speed import eager_blocks
@@ -277,7 +321,7 @@ def run_job(
         )
         written = [0]
         video_path = out_dir / "wan_animate.mp4"
-        with _eager_if_offloaded(runtime, inp.offload_model):
+        with _blocks_for_request(runtime, runs_compiled(runtime, inp, cond.height, cond.width, loras)):
             write_video(
                 video_path,
                 _counted(clips, written),

@@ -269,3 +269,45 @@ def test_cuda_fp8_linears_deviation():
     deviation = rel_l2(out, ref)
     print(f"fp8 relative L2 on the tiny model: {deviation:.4f}")
     assert deviation < 0.1
+
+
+def test_compile_budget_admits_known_signatures_and_refuses_past_its_size():
+    budget = speed.CompileBudget(max_signatures=2)
+    assert budget.admit("720p") and budget.admit("480p")
+    assert budget.admit("720p")  # compiled before: always
+    assert not budget.admit("576p")  # a third graph: eager
+    assert budget.compiled == {"720p", "480p"}
+    with torch._dynamo.config.patch(recompile_limit=8):
+        assert speed.CompileBudget.below_recompile_limit().max_signatures == 7
+
+
+def _compiled_forward_at(model, side: int, budget: speed.CompileBudget | None) -> torch.Tensor:
+    """One forward at side x side pixels; with a budget, an unadmitted size runs its blocks eagerly."""
+    inputs = speed.make_example_inputs(model.config, side, side, num_frames=5, dtype=torch.float32, seed=side)
+    if budget is None or budget.admit(side):
+        return speed.run_forward(model, inputs)
+    with speed.eager_blocks(model):
+        return speed.run_forward(model, inputs)
+
+
+def test_new_shapes_past_dynamos_limit_fail_a_fullgraph_block_and_the_budget_runs_them_eagerly():
+    """The bug the budget prevents: a worker's Nth frame size makes the compiled blocks raise."""
+    sides = (32, 48, 64)
+    model = tiny_model()
+    speed.compile_blocks(model, backend="eager")
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(recompile_limit=2):
+        _compiled_forward_at(model, sides[0], None)
+        _compiled_forward_at(model, sides[1], None)
+        with pytest.raises(torch._dynamo.exc.FailOnRecompileLimitHit):
+            _compiled_forward_at(model, sides[2], None)
+
+        torch._dynamo.reset()
+        budget = speed.CompileBudget.below_recompile_limit()
+        assert budget.max_signatures == 1
+        outs = [_compiled_forward_at(model, side, budget) for side in sides]
+    torch._dynamo.reset()
+    assert budget.compiled == {sides[0]}
+    with speed.eager_blocks(model):
+        refs = [_compiled_forward_at(model, side, None) for side in sides]
+    assert all(rel_l2(out, ref) < 1e-6 for out, ref in zip(outs, refs, strict=True))

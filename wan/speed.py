@@ -15,9 +15,9 @@ top of a cached residual that already contains them (tests/test_wan_speed.py sho
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -131,6 +131,35 @@ def eager_blocks(transformer: torch.nn.Module) -> Iterator[int]:
     finally:
         for module, compiled in stashed:
             module._compiled_call_impl = compiled
+
+
+@dataclass
+class CompileBudget:
+    """Which forward signatures the compiled blocks hold graphs for; past `max_signatures`, requests run eagerly.
+
+    Compiled with static shapes, each new signature (frame size, clip length, active setup adapters) adds one graph to
+    every compiled function, and dynamo keeps at most `torch._dynamo.config.recompile_limit` (8) graphs per function:
+    past that, a `fullgraph=True` block raises `FailOnRecompileLimitHit` and the request fails. A long-lived worker
+    meets many frame sizes (the output's aspect follows the input's), so it compiles the first few signatures (~18 s
+    each at 720p) and runs later new ones eagerly (~10% slower per forward at 720p, ~20% at 480p; BENCHMARKS.md).
+    """
+
+    max_signatures: int
+    compiled: set[Hashable] = field(default_factory=set)
+
+    @classmethod
+    def below_recompile_limit(cls) -> CompileBudget:
+        """One signature fewer than dynamo's limit: a spare graph for a guard we did not foresee."""
+        return cls(max_signatures=max(1, int(torch._dynamo.config.recompile_limit) - 1))
+
+    def admit(self, signature: Hashable) -> bool:
+        """True when `signature` may run compiled: compiled before, or there is room for one more graph."""
+        if signature in self.compiled:
+            return True
+        if len(self.compiled) >= self.max_signatures:
+            return False
+        self.compiled.add(signature)
+        return True
 
 
 def is_block_linear(module: torch.nn.Module, fqn: str) -> bool:

@@ -1,0 +1,63 @@
+"""runtime.runs_compiled: which requests use the compiled transformer blocks and which run them eagerly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from local_runner import APP_ROOT, import_app_module
+
+inference = import_app_module("inference")
+runtime_module = import_app_module("runtime")
+speed = import_app_module("wan.speed")
+EXAMPLE = APP_ROOT / "examples" / "smoke"
+
+
+def request(**overrides: object) -> object:
+    return inference.AppInput(
+        driving_video={"path": str(EXAMPLE / "driving.mp4")},
+        reference_image={"path": str(EXAMPLE / "reference.jpg")},
+        **overrides,
+    )
+
+
+def compiled_runtime(max_signatures: int) -> object:
+    """A Runtime as load_runtime leaves a compiled worker (no models needed for the decision)."""
+    return runtime_module.Runtime(
+        preset="full",
+        device="cuda",
+        preprocess_models=None,
+        wan_models=SimpleNamespace(relighting_adapter="relighting"),
+        speed=speed.SpeedOptions(),
+        compile_budget=speed.CompileBudget(max_signatures=max_signatures),
+    )
+
+
+def test_new_sizes_compile_until_the_budget_is_spent_then_run_eagerly() -> None:
+    rt = compiled_runtime(max_signatures=2)
+    assert runtime_module.runs_compiled(rt, request(), 720, 1280, [])
+    assert runtime_module.runs_compiled(rt, request(), 1280, 720, [])
+    assert not runtime_module.runs_compiled(rt, request(), 832, 480, [])  # third size: eager
+    assert runtime_module.runs_compiled(rt, request(), 720, 1280, [])  # compiled before: still compiled
+    assert not runtime_module.runs_compiled(rt, request(clip_len=49), 720, 1280, [])  # new clip length
+
+
+def test_relighting_is_part_of_the_signature() -> None:
+    rt = compiled_runtime(max_signatures=1)
+    assert runtime_module.runs_compiled(rt, request(), 720, 1280, [])
+    assert not runtime_module.runs_compiled(rt, request(mode="replacement"), 720, 1280, [])
+
+
+def test_offload_and_user_loras_run_eagerly_without_spending_the_budget() -> None:
+    rt = compiled_runtime(max_signatures=4)
+    assert not runtime_module.runs_compiled(rt, request(offload_model=True), 720, 1280, [])
+    assert not runtime_module.runs_compiled(rt, request(), 720, 1280, [(Path("style.safetensors"), 1.0)])
+    assert rt.compile_budget.compiled == set()
+
+
+def test_uncompiled_workers_are_not_touched() -> None:
+    rt = compiled_runtime(max_signatures=0)
+    rt.speed = speed.SpeedOptions(compile_blocks=False)
+    assert runtime_module.runs_compiled(rt, request(), 720, 1280, [])
+    rt.speed = None  # CPU or offloaded worker
+    assert runtime_module.runs_compiled(rt, request(offload_model=True), 720, 1280, [])

@@ -10,6 +10,7 @@ at 480p. Two scenarios:
   then one forward with the same LoRA run eagerly (`eager_blocks`) for the compile-versus-eager trade.
 
     python benchmarks/bench_lora_compile.py [--fp8] [--scenario relighting|user] --out $OUT
+    python benchmarks/bench_lora_compile.py --tiny --scenario user   # CPU: the tiny model, aot_eager (graph counts)
 """
 
 from __future__ import annotations
@@ -41,12 +42,17 @@ USER_REQUESTS: list[tuple[str, bool, list[str]]] = [
 USER_LORA_RANKS = {"A": 32, "B": 64, "C": 16}
 
 
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed_forward(speed: Any, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[float, bool]:
     """Seconds for one forward (CUDA-synchronised) and whether the output is finite."""
-    torch.cuda.synchronize()
+    synchronize()
     start = time.perf_counter()
     out = speed.run_forward(model, inputs)
-    torch.cuda.synchronize()
+    synchronize()
     return time.perf_counter() - start, bool(torch.isfinite(out).all())
 
 
@@ -104,26 +110,34 @@ def main() -> int:
     parser.add_argument("--fp8", action="store_true")
     parser.add_argument("--scenario", choices=("relighting", "user"), default="relighting")
     parser.add_argument("--rank", type=int, default=128, help="relighting LoRA rank")
+    parser.add_argument("--tiny", action="store_true", help="CPU: tiny random model, aot_eager compile")
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     args = parser.parse_args()
     sys.path.insert(0, str(APP_ROOT / "benchmarks"))
     import bench_forward  # registers the app package; full-size model builder
     from wan_animate.wan.lora import load_relighting_lora
+    from wan_animate.wan.models import build_tiny_models
     from wan_animate.wan.testing import write_relighting_checkpoint
 
     speed = bench_forward.speed
-    model = bench_forward.build_model()
+    model = build_tiny_models().transformer if args.tiny else bench_forward.build_model()
     with tempfile.TemporaryDirectory() as tmp:
         path = write_relighting_checkpoint(model, Path(tmp) / "relighting_lora.ckpt", rank=args.rank)
         adapter = load_relighting_lora(model, path)
-        model = speed.apply_speed_options(model, speed.SpeedOptions(fp8_linears=args.fp8))
-        inputs = speed.make_example_inputs(model.config, 480, 832, device="cuda")
+        if args.tiny:
+            options = speed.SpeedOptions(attention_backend=None, compile_backend="aot_eager")
+            model = speed.apply_speed_options(model, options)
+            inputs = speed.make_example_inputs(model.config, 32, 32, num_frames=9, dtype=torch.float32)
+        else:
+            model = speed.apply_speed_options(model, speed.SpeedOptions(fp8_linears=args.fp8))
+            inputs = speed.make_example_inputs(model.config, 480, 832, device="cuda")
         if args.scenario == "relighting":
             rows = run_relighting(speed, model, adapter, inputs)
         else:
             rows = run_user_loras(speed, model, adapter, inputs, Path(tmp))
     result = {"scenario": args.scenario, "fp8": args.fp8, "rank": args.rank,
-              "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+              "device": torch.cuda.get_device_name(0) if not args.tiny else "cpu (tiny model)",
+              "torch": torch.__version__,
               "recompile_limit": getattr(torch._dynamo.config, "recompile_limit", None),
               "date": time.strftime("%Y-%m-%d"), "forwards": rows}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)

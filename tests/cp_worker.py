@@ -123,7 +123,9 @@ def main() -> int:
             if check == "forward":
                 result = check_forward(args, device, compile_backend=None)
             elif check == "compile":  # aot_eager traces what inductor would get (fullgraph), without C++ builds
-                result = check_forward(args, device, compile_backend="aot_eager" if args.device == "cpu" else "inductor")
+                result = check_forward(
+                    args, device, compile_backend="aot_eager" if args.device == "cpu" else "inductor"
+                )
             elif check == "generate":
                 result = check_generate(args, device)
             else:

@@ -51,13 +51,14 @@ def tiny_transformer(device: torch.device, dtype: torch.dtype) -> torch.nn.Modul
     return model.eval().requires_grad_(False)
 
 
-def record_local_tokens(transformer: torch.nn.Module, result: dict) -> None:
-    """Store in result["local_tokens"] how many tokens reach the output norm on this rank (the shard's length)."""
+def record_local_tokens(transformer: torch.nn.Module, result: dict) -> torch.utils.hooks.RemovableHandle:
+    """Store in result["local_tokens"] how many tokens reach the output norm on this rank (the shard's length)
+    until the returned handle is removed."""
 
     def hook(module: torch.nn.Module, args: tuple) -> None:
         result["local_tokens"] = int(args[0].shape[1])
 
-    transformer.norm_out.register_forward_pre_hook(hook)
+    return transformer.norm_out.register_forward_pre_hook(hook)
 
 
 def check_forward(args: argparse.Namespace, device: torch.device, compile_backend: str | None) -> dict:
@@ -73,7 +74,7 @@ def check_forward(args: argparse.Namespace, device: torch.device, compile_backen
     inputs = speed.make_example_inputs(model.config, HEIGHT, WIDTH, NUM_FRAMES, device=device, dtype=dtype)
     result = {"reference": speed.run_forward(model, inputs).float().cpu()}
     parallel.enable_context_parallel(model, args.mode)
-    record_local_tokens(model, result)
+    recorder = record_local_tokens(model, result)
     if compile_backend is not None:
         torch._dynamo.reset()
         speed.compile_blocks(model, backend=compile_backend)
@@ -82,9 +83,12 @@ def check_forward(args: argparse.Namespace, device: torch.device, compile_backen
         torch._dynamo.reset()
         return result
     result["parallel"] = speed.run_forward(model, inputs).float().cpu()
+    recorder.remove()
     for adapter in model.face_adapter:
         adapter.set_processor(WanAnimateFaceBlockAttnProcessor())
     result["unpatched"] = speed.run_forward(model, inputs).float().cpu()
+    parallel.disable_context_parallel(model)
+    result["disabled"] = speed.run_forward(model, inputs).float().cpu()  # back to one process's model
     return result
 
 

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from wan_animate.wan import parallel, speed
-from wan_animate.wan.testing import tiny_conditioning
 
 APP_ROOT = Path(__file__).resolve().parents[1]
 WORKER = APP_ROOT / "tests" / "cp_worker.py"
@@ -180,6 +179,8 @@ def test_odd_token_grids_lose_the_fewest_pixels():
 
 
 def test_center_crop_keeps_the_middle_of_every_spatial_input():
+    from wan_animate.wan.testing import tiny_conditioning  # imports preprocess/ (not on the GPU test machines)
+
     cond = tiny_conditioning(3, height=48, width=64, mode="replacement", seed=2)
     cropped = parallel.center_crop_conditioning(cond, 32, 64)
     assert (cropped.height, cropped.width, cropped.num_frames) == (32, 64, 3)
@@ -219,6 +220,7 @@ def test_two_processes_on_cpu_equal_one_forward_compiled_forward_and_generate(tm
         assert result["local_tokens"] == 15, "each rank must see half of the 30 tokens"
         torch.testing.assert_close(result["parallel"], result["reference"], rtol=1e-5, atol=1e-5, msg=f"rank {rank}")
         assert rel_l2(result["unpatched"], result["reference"]) > 0.05
+        torch.testing.assert_close(result["disabled"], result["reference"], rtol=1e-5, atol=1e-5)
     for rank, result in enumerate(load_results(tmp_path, "compile", 2)):
         assert result["local_tokens"] == 15
         torch.testing.assert_close(result["parallel"], result["reference"], rtol=1e-5, atol=1e-5, msg=f"rank {rank}")
@@ -231,7 +233,7 @@ def test_two_processes_on_cpu_equal_one_forward_compiled_forward_and_generate(tm
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["ulysses", "ring"])
-def test_two_gpus_equal_one_in_bf16(tmp_path: Path, mode: str):
+def test_cuda_two_gpus_equal_one_in_bf16(tmp_path: Path, mode: str):
     """The same on 2 GPUs (NCCL, cuDNN attention, bf16), eager and inductor-compiled: ring merges two partial
     attentions by their LSE, so equality is up to bf16 rounding."""
     if torch.cuda.device_count() < 2:
@@ -245,3 +247,18 @@ def test_two_gpus_equal_one_in_bf16(tmp_path: Path, mode: str):
             assert deviation < 2e-2
             if "unpatched" in result:
                 assert rel_l2(result["unpatched"], result["reference"]) > 0.05
+
+
+@pytest.mark.slow
+def test_parallel_benchmark_tiny_smoke_run(tmp_path: Path):
+    """benchmarks/bench_parallel.py --tiny under torchrun on 2 CPU processes: runs, and its split forward equals the
+    unsplit one (the script exits 1 otherwise)."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+        str(APP_ROOT / "benchmarks" / "bench_parallel.py"), "--tiny", "--out", str(tmp_path),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=APP_ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    assert "| 2 | tiny | 120 | ulysses |" in result.stdout
+    assert (tmp_path / "results.json").is_file() and (tmp_path / "results.md").is_file()

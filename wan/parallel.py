@@ -354,6 +354,25 @@ def enable_context_parallel(transformer: torch.nn.Module, mode: ContextParallelM
     return parallel
 
 
+def disable_context_parallel(transformer: torch.nn.Module) -> None:
+    """Undo `enable_context_parallel`: remove the split/gather hooks, clear the config from the model and its
+    processors, give the face adapters diffusers' processor back (keeping their backend). Compiled blocks must be
+    compiled again afterwards (for benchmarks that time several modes on one model)."""
+    from diffusers.hooks.context_parallel import remove_context_parallel
+    from diffusers.models.attention import AttentionModuleMixin
+    from diffusers.models.transformers.transformer_wan_animate import WanAnimateFaceBlockAttnProcessor
+
+    remove_context_parallel(transformer, animate_cp_plan())
+    transformer._parallel_config = None
+    for module in transformer.modules():
+        if isinstance(module, AttentionModuleMixin) and hasattr(module.processor, "_parallel_config"):
+            module.processor._parallel_config = None
+    for adapter in transformer.get_submodule("face_adapter"):
+        processor = WanAnimateFaceBlockAttnProcessor()
+        processor._attention_backend = getattr(adapter.processor, "_attention_backend", None)
+        adapter.set_processor(processor)
+
+
 # --- clip sizes the ranks can split --------------------------------------------------------------------------------
 
 

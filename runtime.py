@@ -128,10 +128,11 @@ def _check_parallel_setup(setup: AppSetup, world_size: int, device: Any) -> None
             f"'ulysses' splits the model's {heads} attention heads across processes; {world_size} does not divide "
             f"them. Use context_parallel 'ring' or a process count that divides {heads}.",
         )  # fmt: skip
-    if setup.context_parallel == "ring" and device.type != "cuda":
+    if setup.context_parallel == "ring" and (device.type != "cuda" or setup.preset == "smoke"):
         raise InputError(
             "ring_needs_gpu", "context_parallel",
-            "'ring' needs an attention kernel returning the log-sum-exp, which only the GPU kernels have; use 'ulysses'",
+            "'ring' needs an attention kernel returning the log-sum-exp: the full preset's cuDNN attention on GPUs "
+            "(not the CPU, not the smoke preset's plain SDPA); use 'ulysses'",
         )  # fmt: skip
 
 

@@ -185,7 +185,11 @@ def main() -> int:
     model = build_tiny_model() if args.tiny else bench_forward.build_model()
     speed.apply_speed_options(model, speed.SpeedOptions(compile_blocks=False))  # cuDNN attention on the GPU
     results["build_s"] = round(time.perf_counter() - build_start, 1)
-    log(f"rank 0 of {env.world_size} on {device}: model built in {results['build_s']} s")
+    # Same seed on every GPU should give the same weights; the deviation column assumes it, so check it.
+    checksum = sum(float(p.float().sum()) for p in (model.blocks[0].attn1.to_q.weight, model.proj_out.weight))
+    results["same_weights_on_all_ranks"] = len(set(parallel.gather_values(checksum))) == 1
+    log(f"rank 0 of {env.world_size} on {device}: model built in {results['build_s']} s, same weights on all "
+        f"ranks: {results['same_weights_on_all_ranks']}")  # fmt: skip
     sizes = {"tiny": TINY_SIZE} if args.tiny else {r: (*bench_forward.RESOLUTIONS[r], bench_forward.NUM_FRAMES)
                                                      for r in resolutions}  # fmt: skip
     inputs = {

@@ -28,6 +28,7 @@ CPU = torch.device("cpu")
         ({"context_parallel": "ulysses"}, 3, torch.device("cuda", 0), "context_parallel"),  # 40 heads
         ({"context_parallel": "ulysses", "preset": "smoke"}, 4, CPU, "context_parallel"),  # the tiny model's 2 heads
         ({"context_parallel": "ring"}, 2, CPU, "context_parallel"),  # no CPU kernel returns the LSE
+        ({"context_parallel": "ring", "preset": "smoke"}, 2, torch.device("cuda", 0), "context_parallel"),
     ],
 )
 def test_worker_settings_a_parallel_job_cannot_run_are_refused_before_loading(setup, world_size, device, field):

@@ -56,6 +56,12 @@ class AppSetup(BaseAppSetup):
         default=False, description="Download FLUX.1-Kontext-dev at setup so `use_flux` retargeting can run (33 GB)."
     )
     cache_dir: str | None = Field(default=None, description="Weight cache folder (default: the Hugging Face cache).")
+    context_parallel: Literal["ulysses", "ring"] = Field(
+        default="ulysses",
+        description="Only when started with torchrun on several GPUs: every GPU holds the model and each step's "
+        "tokens are split across them. 'ulysses' exchanges attention heads (all-to-all; the GPU count must divide "
+        "40: 2, 4, 5 or 8), 'ring' exchanges keys/values (any count). Ignored in a single process.",
+    )
 
 
 class LoraInput(BaseAppInput):
@@ -223,8 +229,12 @@ class App(BaseApp):
         context = getattr(self, "context", None)
         return bool(getattr(context, "cancel_requested", False))
 
-    async def run(self, input_data: AppInput, metadata: Any = None) -> AppOutput:
-        """validate -> preprocess -> generate -> MP4, all temporary files in one folder removed at the end."""
+    async def run(self, input_data: AppInput, metadata: Any = None) -> AppOutput | None:
+        """validate -> preprocess -> generate -> MP4, all temporary files in one folder removed at the end.
+
+        Under torchrun (context parallel) every process runs this in step; rank 0 returns the output, the other
+        ranks None.
+        """
         from .runtime import run_job
 
         driving = _check_file(input_data.driving_video, "driving_video")
@@ -234,6 +244,10 @@ class App(BaseApp):
                 "flux_unavailable", "use_flux", "this worker has no FLUX Kontext model loaded; set use_flux=false"
             )
         seed = _resolve_seed(input_data.seed)
+        if self.runtime.context_parallel:  # every process must sample the same noise: rank 0's draw
+            from .wan.parallel import broadcast_value
+
+            seed = broadcast_value(seed)
         out_dir = Path(tempfile.mkdtemp(prefix="wan-animate-out-"))
         work_dir = Path(tempfile.mkdtemp(prefix="wan-animate-run-"))
         try:
@@ -252,6 +266,9 @@ class App(BaseApp):
             raise
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
+        if result.video_path is None:  # a torchrun rank other than 0: rank 0 returns the output
+            shutil.rmtree(out_dir, ignore_errors=True)
+            return None
 
         meta = VideoMeta(
             width=result.width,

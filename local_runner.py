@@ -1,6 +1,7 @@
 """Run the app locally with `infsh run input.json` semantics, where the `infsh` CLI is not installed.
 
     python -m local_runner run input.json [--output-dir out/]
+    torchrun --nproc-per-node 2 -m local_runner run input.json --output-dir out/   # one step split over 2 GPUs
 
 The inference.sh CLI copies this folder into a package and imports `<package>.inference`; this
 runner does the same without copying: it registers the folder as the package `wan_animate`, so the
@@ -16,6 +17,7 @@ import importlib.machinery
 import importlib.util
 import json
 import logging
+import os
 import shutil
 import sys
 import types
@@ -105,8 +107,17 @@ def fetch_files(inputs: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-async def run_app(inputs: dict[str, Any], setup: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """setup + run on one request, as the inference.sh engine does; returns the output JSON."""
+def torchrun_rank() -> int:
+    """This process's rank in a torchrun job (0 when not started by torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+async def run_app(inputs: dict[str, Any], setup: dict[str, Any], out_dir: Path) -> dict[str, Any] | None:
+    """setup + run on one request, as the inference.sh engine does; returns the output JSON.
+
+    Under torchrun every rank runs setup + run (the transformer's forwards are split across them); rank 0 alone
+    writes `out_dir` and returns the JSON, the other ranks return None.
+    """
     inference = import_app_module("inference")
     app_input = inference.AppInput(**fetch_files(inputs))  # validate before any heavy work
     app = inference.App()
@@ -115,6 +126,8 @@ async def run_app(inputs: dict[str, Any], setup: dict[str, Any], out_dir: Path) 
         output = await app.run(app_input)
     finally:
         await app.unload()
+    if output is None:  # a torchrun rank other than 0
+        return None
     out_dir.mkdir(parents=True, exist_ok=True)
     result = _collect_files(output.model_dump(mode="json"), out_dir)
     (out_dir / "output.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
@@ -138,7 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--output-dir", type=Path, default=Path("out"), help="where the MP4 and output.json go")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    rank = torchrun_rank()
+    # Under torchrun, rank 0 logs (its warnings are the other ranks' too); the others only log errors.
+    prefix = "%(asctime)s" if rank == 0 else f"[rank {rank}]"
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.ERROR, format=f"{prefix} %(name)s %(levelname)s %(message)s"
+    )
     load_app_package()
     errors = import_app_module("errors")
     try:
@@ -155,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     except pydantic.ValidationError as error:
         print(f"error: {_format_validation_error(error)}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2, ensure_ascii=False))
+    if result is not None:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0
 
 

@@ -36,17 +36,32 @@ class Runtime:
     wan_models: Any  # wan.WanAnimateModels
     speed: Any = None  # wan.speed.SpeedOptions applied at load
     compile_budget: Any = None  # wan.speed.CompileBudget when the blocks are compiled
+    dist: Any = None  # wan.parallel.DistributedEnv of a torchrun job; None: one process
+
+    @property
+    def context_parallel(self) -> bool:
+        """True when each transformer forward is split across the processes of a torchrun job."""
+        return self.dist is not None and self.dist.is_parallel
+
+    @property
+    def is_main(self) -> bool:
+        """The process that writes the outputs (every process when there is only one)."""
+        return self.dist is None or self.dist.is_main
 
     def close(self) -> None:
-        """Drop the models and give GPU memory back."""
+        """Drop the models, give GPU memory back and leave the torchrun job."""
         self.preprocess_models = None
         self.wan_models = None
         _free_device_memory()
+        if self.context_parallel:
+            from .wan.parallel import destroy_process_group
+
+            destroy_process_group()
 
 
 @dataclass
 class JobResult:
-    video_path: Path
+    video_path: Path | None  # None on the torchrun ranks other than 0 (rank 0 alone writes the video)
     num_frames: int
     fps: float
     width: int
@@ -72,21 +87,91 @@ def pick_device() -> Any:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def start_distributed(setup: AppSetup) -> tuple[Any, Any]:
+    """(DistributedEnv, device) for this process; under torchrun with several processes, joins the job.
+
+    Each process takes the GPU of its LOCAL_RANK (NCCL between them), or the CPU (gloo) on a host without CUDA.
+    Settings that cannot run split across processes are refused here, before any weights load.
+    """
+    from .wan.parallel import device_for, distributed_env, init_process_group
+
+    env = distributed_env()
+    if not env.is_parallel:
+        return None, pick_device()
+    device = device_for(env)
+    _check_parallel_setup(setup, env.world_size, device)
+    init_process_group(env, device)
+    logger.info("rank %d of %d on %s: context parallel %r", env.rank, env.world_size, device, setup.context_parallel)
+    return env, device
+
+
+def _check_parallel_setup(setup: AppSetup, world_size: int, device: Any) -> None:
+    """InputError for worker settings that a context-parallel job cannot run (checked before any weights load)."""
+    from .wan.models import ANIMATE_14B_DIFFUSERS_CONFIG, tiny_transformer_config
+
+    if setup.offload_model:
+        raise InputError(
+            "offload_unsupported", "offload_model",
+            f"started on {world_size} processes (context parallel): each GPU holds the whole model, so offload_model "
+            "is not available; set it false or start one process",
+        )  # fmt: skip
+    if setup.attention != "default":
+        raise InputError(
+            "attention_unsupported", "attention",
+            f"attention {setup.attention!r} bypasses diffusers' attention dispatcher, which splits attention across "
+            "processes; use attention 'default' under torchrun",
+        )  # fmt: skip
+    config = tiny_transformer_config() if setup.preset == "smoke" else ANIMATE_14B_DIFFUSERS_CONFIG
+    heads = int(config["num_attention_heads"])
+    if setup.context_parallel == "ulysses" and heads % world_size:
+        raise InputError(
+            "gpu_count_unsupported", "context_parallel",
+            f"'ulysses' splits the model's {heads} attention heads across processes; {world_size} does not divide "
+            f"them. Use context_parallel 'ring' or a process count that divides {heads}.",
+        )  # fmt: skip
+    if setup.context_parallel == "ring" and (device.type != "cuda" or setup.preset == "smoke"):
+        raise InputError(
+            "ring_needs_gpu", "context_parallel",
+            "'ring' needs an attention kernel returning the log-sum-exp: the full preset's cuDNN attention on GPUs "
+            "(not the CPU, not the smoke preset's plain SDPA); use 'ulysses'",
+        )  # fmt: skip
+
+
+def _warmup_size(dist: Any) -> tuple[int, int]:
+    """The compile warm-up's frame size: the default request (720p landscape, 77 frames), as the ranks split it."""
+    if dist is None or not dist.is_parallel:
+        return 720, 1280
+    from .wan.parallel import parallel_frame_size
+
+    return parallel_frame_size(720, 1280, 77, dist.world_size)
+
+
 def load_runtime(setup: AppSetup) -> Runtime:
-    """Build the smoke preset's tiny models, or fetch and load the full 14B model and its preprocessors."""
+    """Build the smoke preset's tiny models, or fetch and load the full 14B model and its preprocessors.
+
+    Under torchrun with several processes every process loads everything on its own device and the transformer's
+    forwards are split across them (wan/parallel.py).
+    """
     import torch
 
     from .preprocess import load_preprocess_models, smoke_preprocess_models
     from .wan import build_tiny_models, load_models
 
-    device = pick_device()
+    dist, device = start_distributed(setup)
+    context_parallel = setup.context_parallel if dist is not None else None
     if setup.preset == "smoke":
         logger.warning("preset 'smoke': tiny RANDOM weights, the output video is noise (for testing the path only)")
+        wan_models = build_tiny_models(device=device, dtype=torch.float32)
+        if context_parallel is not None:
+            from .wan.parallel import enable_context_parallel
+
+            enable_context_parallel(wan_models.transformer, context_parallel)
         return Runtime(
             preset="smoke",
             device=device,
             preprocess_models=smoke_preprocess_models(device),
-            wan_models=build_tiny_models(device=device, dtype=torch.float32),
+            wan_models=wan_models,
+            dist=dist,
         )
 
     from .weights import fetch_all
@@ -118,18 +203,24 @@ def load_runtime(setup: AppSetup) -> Runtime:
             compile_blocks=setup.compile,
             sage_attention=setup.attention == "sage",
             fp8_attention=setup.attention == "fp8",
+            context_parallel=context_parallel,
         )
         wan_models.transformer = apply_speed_options(wan_models.transformer, speed)
         if setup.compile:  # pay compilation now for the default request shape (720p landscape, 77 frames)
             budget = CompileBudget.below_recompile_limit()
-            inputs = make_example_inputs(wan_models.transformer.config, 720, 1280, device=device)
-            budget.admit(forward_signature(720, 1280, 77, ()))
+            height, width = _warmup_size(dist)
+            inputs = make_example_inputs(wan_models.transformer.config, height, width, device=device)
+            budget.admit(forward_signature(height, width, 77, ()))
             logger.info("compile warm-up: %.1f s", warmup(wan_models.transformer, inputs))
             # Replacement requests switch the relighting adapter on: one more graph (measured ~8 s at 480p), paid now.
             if wan_models.relighting_adapter is not None:
-                budget.admit(forward_signature(720, 1280, 77, (wan_models.relighting_adapter,)))
+                budget.admit(forward_signature(height, width, 77, (wan_models.relighting_adapter,)))
                 with request_adapters(wan_models.transformer, wan_models.relighting_adapter, True, []):
                     logger.info("compile warm-up (relighting on): %.1f s", warmup(wan_models.transformer, inputs))
+    elif context_parallel is not None:  # full preset on CPU: only useful for tests
+        from .wan.parallel import enable_context_parallel
+
+        enable_context_parallel(wan_models.transformer, context_parallel)
     return Runtime(
         preset="full",
         device=device,
@@ -137,6 +228,7 @@ def load_runtime(setup: AppSetup) -> Runtime:
         wan_models=wan_models,
         speed=speed,
         compile_budget=budget,
+        dist=dist,
     )
 
 
@@ -274,6 +366,34 @@ def _oom_error(inp: AppInput) -> InputError:
     )
 
 
+def _split_conditioning(runtime: Runtime, cond: Any, clip_len: int) -> Any:
+    """Context parallel: check every process preprocessed the same video, then crop it (by a few 16-pixel rows or
+    columns, only when needed) to a size whose clip token count the process count divides."""
+    from .wan.parallel import center_crop_conditioning, gather_values, parallel_frame_size
+
+    shape = (cond.num_frames, cond.height, cond.width)
+    pose_sum, reference_sum = cond.pose_frames[:, ::8, ::8].sum(dtype=np.int64), cond.reference.sum(dtype=np.int64)
+    checksum = int(pose_sum) + int(reference_sum)
+    seen = gather_values((shape, checksum))
+    if any(s != seen[0][0] for s, _ in seen):
+        raise RuntimeError(f"the processes preprocessed different videos (frames, height, width): {seen}")
+    if any(c != seen[0][1] for _, c in seen):
+        logger.warning("the processes' conditioning differs slightly (GPU nondeterminism in preprocessing)")
+    height, width = parallel_frame_size(cond.height, cond.width, clip_len, runtime.dist.world_size)
+    if (height, width) != (cond.height, cond.width):
+        logger.info(
+            "context parallel: %dx%d cropped to %dx%d so that %d processes get equal shares of each clip",
+            cond.width, cond.height, width, height, runtime.dist.world_size,
+        )  # fmt: skip
+    return center_crop_conditioning(cond, height, width)
+
+
+def _drain(frames: Iterator[np.ndarray], counter: list[int]) -> None:
+    """Run the generation to its end without writing it (torchrun ranks other than 0)."""
+    for _ in _counted(frames, counter):
+        pass
+
+
 def run_job(
     runtime: Runtime,
     inp: AppInput,
@@ -285,7 +405,11 @@ def run_job(
     out_dir: Path,
     should_cancel: Callable[[], bool] | None = None,
 ) -> JobResult:
-    """One request end to end; user-fixable failures (out of memory included) raise InputError."""
+    """One request end to end; user-fixable failures (out of memory included) raise InputError.
+
+    Under torchrun every process runs the whole job in step (the transformer's collectives need it); only rank 0
+    writes the video and debug files, the others return a JobResult without a video_path.
+    """
     import torch
 
     from .preprocess import preprocess, save_debug_files
@@ -295,7 +419,14 @@ def run_job(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     loras = _user_loras(inp)
+    if runtime.context_parallel and inp.offload_model:
+        raise InputError(
+            "offload_unsupported", "offload_model",
+            f"this worker splits each step across {runtime.dist.world_size} GPUs, each holding the whole model; "
+            "set offload_model=false",
+        )  # fmt: skip
     out_of_memory = False
+    video_path: Path | None = None
     try:
         cond = preprocess(driving, reference, preprocess_options(inp), runtime.preprocess_models)
         if cond.num_frames > LIMITS.max_output_frames:
@@ -305,6 +436,8 @@ def run_job(
                 f"the video gives {cond.num_frames} frames at {cond.fps:g} fps; the limit is "
                 f"{LIMITS.max_output_frames}. Use a shorter video or a lower fps.",
             )
+        if runtime.context_parallel:
+            cond = _split_conditioning(runtime, cond, inp.clip_len)
         timings["preprocess"] = round(time.perf_counter() - start, 3)
         logger.info(
             "preprocess: %d frames at %g fps, %dx%d (%.1f s)",
@@ -320,16 +453,19 @@ def run_job(
             should_cancel=should_cancel,
         )
         written = [0]
-        video_path = out_dir / "wan_animate.mp4"
         with _blocks_for_request(runtime, runs_compiled(runtime, inp, cond.height, cond.width, loras)):
-            write_video(
-                video_path,
-                _counted(clips, written),
-                fps=cond.fps,
-                audio_from=driving,
-                audio_duration=cond.num_frames / cond.fps,
-                work_dir=work_dir,
-            )
+            if runtime.is_main:
+                video_path = out_dir / "wan_animate.mp4"
+                write_video(
+                    video_path,
+                    _counted(clips, written),
+                    fps=cond.fps,
+                    audio_from=driving,
+                    audio_duration=cond.num_frames / cond.fps,
+                    work_dir=work_dir,
+                )
+            else:
+                _drain(clips, written)
         timings["generate_and_encode"] = round(time.perf_counter() - gen_start, 3)
     except torch.cuda.OutOfMemoryError:
         # Raised below, not chained: the OOM traceback's frames hold the loop's GPU tensors, and a warm worker
@@ -341,7 +477,7 @@ def run_job(
         raise _oom_error(inp)
 
     debug_files: dict[str, Path] = {}
-    if inp.return_debug_videos:
+    if inp.return_debug_videos and runtime.is_main:
         debug_files = save_debug_files(cond, out_dir / "debug")
     timings["total"] = round(time.perf_counter() - start, 3)
     return JobResult(

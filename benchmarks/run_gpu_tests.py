@@ -1,4 +1,5 @@
-"""Run the CUDA tests of tests/test_wan_speed.py on a machine without the app's own dependencies (pydantic etc.).
+"""Run the CUDA tests of tests/test_wan_speed.py and tests/test_wan_parallel.py (2 GPUs: context parallel under
+torchrun) on a machine without the app's own dependencies (pydantic etc.).
 
 tests/conftest.py imports the app's local runner; here the app folder is registered as package `wan_animate` the
 same way, and pytest runs with --noconftest so only torch, diffusers, torchao and sageattention are needed.
@@ -28,5 +29,6 @@ def register_app_package(name: str = "wan_animate") -> None:
 if __name__ == "__main__":
     register_app_package()
     sys.path.insert(0, str(APP_ROOT / "tests"))
-    args = [str(APP_ROOT / "tests" / "test_wan_speed.py"), "--noconftest", "-q", "-rA", "-p", "no:cacheprovider"]
+    tests = [str(APP_ROOT / "tests" / name) for name in ("test_wan_speed.py", "test_wan_parallel.py")]
+    args = [*tests, "--noconftest", "-q", "-rA", "-p", "no:cacheprovider"]
     sys.exit(pytest.main(args + sys.argv[1:]))

@@ -114,6 +114,13 @@ def test_output_and_setup_schemas() -> None:
     assert {"video", "seed", "num_frames", "fps", "width", "height", "timings", "output_meta"} <= set(out)
     setup = inference.AppSetup()
     assert setup.preset == "full"  # the smoke preset is never the default
+    # Used only under torchrun with several processes; ulysses by default, ring for GPU counts not dividing 40.
+    assert setup.context_parallel == "ulysses"
+    assert inference.AppSetup(context_parallel="ring").context_parallel == "ring"
+    with pytest.raises(ValidationError, match="context_parallel"):
+        inference.AppSetup(context_parallel="tensor")
+    setup_schema = inference.AppSetup.model_json_schema()["properties"]
+    assert all(field.get("description") for field in setup_schema.values())
 
 
 @settings(max_examples=200, deadline=None)

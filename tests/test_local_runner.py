@@ -96,3 +96,37 @@ def test_replacement_mode_runs_end_to_end_with_debug_videos(tmp_path: Path) -> N
     for key in ("pose_video", "face_video", "mask_video"):
         assert Path(result[key]["path"]).is_file(), key
     assert count_frames(Path(result["mask_video"]["path"])) == 8
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_write_the_same_video_once(smoke_run: tuple[int, Path], tmp_path: Path) -> None:
+    """`torchrun --nproc-per-node 2 -m local_runner run ...` on CPU (gloo, ulysses): rank 0 alone prints and
+    writes output.json, rank 1 stays quiet, and the video is the one-process smoke run's, frame for frame."""
+    import os
+    import sys
+
+    import numpy as np
+    from wan_animate.preprocess.video_io import iter_frames, probe_video
+
+    out = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "local_runner",
+        "run", str(EXAMPLE / "input.json"), "--setup", str(EXAMPLE / "setup.json"), "--output-dir", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, cwd=APP_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-5000:]
+    printed = json.loads(result.stdout[result.stdout.index("{") :])  # one JSON document: rank 0's
+    assert printed == json.loads((out / "output.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == ["output.json", "video.mp4"]
+    assert "[rank 1]" not in result.stderr
+    assert "rank 0 of 2 on cpu: context parallel 'ulysses'" in result.stderr
+
+    def frames(path: Path) -> np.ndarray:
+        return np.concatenate(list(iter_frames(path, list(range(probe_video(path).frames)))))
+
+    single = json.loads((smoke_run[1] / "output.json").read_text())
+    assert {k: printed[k] for k in ("num_frames", "width", "height", "seed")} == {
+        k: single[k] for k in ("num_frames", "width", "height", "seed")
+    }
+    np.testing.assert_array_equal(frames(out / "video.mp4"), frames(Path(single["video"]["path"])))

@@ -59,6 +59,9 @@ class SpeedOptions:
     fp8_attention: opt-in; cuDNN's fused FP8 attention (e4m3 Q, K, V, probabilities and output, per-tensor scales)
         through PyPI `nvidia-cudnn-frontend`, for the self-attention of the 40 DiT blocks; 1.3x the bf16 kernel on an
         H100, relative error ~6% per attention call. Exclusive with sage_attention.
+    context_parallel: None (one process), or "ulysses" / "ring" to split every forward's token sequence across the
+        ranks of the torchrun job (wan/parallel.py). Applied after the attention backend and before compilation;
+        exclusive with sage_attention and fp8_attention (their kernels bypass diffusers' dispatcher).
     """
 
     attention_backend: str | None = DEFAULT_ATTENTION_BACKEND
@@ -68,6 +71,7 @@ class SpeedOptions:
     fp8_linears: bool = False
     sage_attention: bool = False
     fp8_attention: bool = False
+    context_parallel: str | None = None
 
 
 def apply_speed_options(
@@ -76,10 +80,14 @@ def apply_speed_options(
     """Apply `options` to `transformer` in place and return it.
 
     Call once, after weights and any fused LoRA are loaded and the model is on its final device, then `warmup` with
-    inputs of the shapes the run will use. Order matters: FP8 swaps weights before compile traces them.
+    inputs of the shapes the run will use. Order matters: FP8 swaps weights before compile traces them; context
+    parallelism checks the attention backend and installs its hooks before compile traces them.
     """
     if options.sage_attention and options.fp8_attention:
         raise ValueError("choose one of sage_attention and fp8_attention")
+    if options.context_parallel is not None and (options.sage_attention or options.fp8_attention):
+        raise ValueError("context_parallel splits attention through diffusers' dispatcher; sage_attention and "
+                         "fp8_attention bypass it and cannot be combined with it")
     on_cuda = next(transformer.parameters()).device.type == "cuda"
     if (options.fp8_linears or options.sage_attention or options.fp8_attention) and not on_cuda:
         raise RuntimeError("fp8_linears, sage_attention and fp8_attention need the transformer on a CUDA GPU")
@@ -92,6 +100,10 @@ def apply_speed_options(
         use_self_attention_fn(transformer, sage_attention)
     if options.fp8_attention:
         use_self_attention_fn(transformer, cudnn_fp8_attention)
+    if options.context_parallel is not None:
+        from .parallel import enable_context_parallel
+
+        enable_context_parallel(transformer, options.context_parallel)
     if options.compile_blocks:
         compile_blocks(transformer, backend=options.compile_backend, mode=options.compile_mode)
     return transformer

@@ -1,0 +1,85 @@
+"""The app under torchrun (context parallel): worker settings it refuses, requests it refuses, and how it makes a
+clip splittable. The 2-process runs themselves are in test_wan_parallel.py and test_local_runner.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from wan_animate.wan.parallel import DistributedEnv, clip_tokens
+from wan_animate.wan.testing import tiny_conditioning
+
+from local_runner import import_app_module
+
+inference = import_app_module("inference")
+runtime = import_app_module("runtime")
+InputError = import_app_module("errors").InputError
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("setup", "world_size", "device", "field"),
+    [
+        ({"offload_model": True}, 2, CPU, "offload_model"),
+        ({"attention": "sage"}, 2, CPU, "attention"),
+        ({"attention": "fp8"}, 2, torch.device("cuda", 0), "attention"),
+        ({"context_parallel": "ulysses"}, 3, torch.device("cuda", 0), "context_parallel"),  # 40 heads
+        ({"context_parallel": "ulysses", "preset": "smoke"}, 4, CPU, "context_parallel"),  # the tiny model's 2 heads
+        ({"context_parallel": "ring"}, 2, CPU, "context_parallel"),  # no CPU kernel returns the LSE
+        ({"context_parallel": "ring", "preset": "smoke"}, 2, torch.device("cuda", 0), "context_parallel"),
+    ],
+)
+def test_worker_settings_a_parallel_job_cannot_run_are_refused_before_loading(setup, world_size, device, field):
+    with pytest.raises(InputError) as info:
+        runtime._check_parallel_setup(inference.AppSetup(**setup), world_size, device)
+    assert info.value.field == field
+
+
+def test_worker_settings_a_parallel_job_runs():
+    for setup, world_size, device in (
+        ({}, 2, CPU),
+        ({}, 8, torch.device("cuda", 0)),
+        ({"context_parallel": "ring"}, 3, torch.device("cuda", 0)),
+        ({"fp8": True, "compile": True}, 4, torch.device("cuda", 0)),
+    ):
+        runtime._check_parallel_setup(inference.AppSetup(**setup), world_size, device)
+
+
+def test_one_process_is_not_a_parallel_job(monkeypatch: pytest.MonkeyPatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    dist, device = runtime.start_distributed(inference.AppSetup(preset="smoke"))
+    assert dist is None and device == runtime.pick_device()
+
+
+def parallel_runtime(world_size: int) -> object:
+    return runtime.Runtime(
+        preset="smoke", device=CPU, preprocess_models=None, wan_models=None, dist=DistributedEnv(0, world_size, 0)
+    )
+
+
+def test_a_parallel_worker_refuses_offload_requests_before_any_work(tmp_path: Path):
+    inp = inference.AppInput(
+        driving_video={"path": "/nonexistent.mp4"}, reference_image={"path": "/nonexistent.png"}, offload_model=True
+    )
+    with pytest.raises(InputError) as info:
+        runtime.run_job(
+            parallel_runtime(2), inp, driving=Path("/nonexistent.mp4"), reference=Path("/nonexistent.png"), seed=0,
+            work_dir=tmp_path, out_dir=tmp_path,
+        )  # fmt: skip
+    assert info.value.field == "offload_model"
+
+
+def test_a_clip_the_processes_cannot_split_evenly_is_centre_cropped():
+    # 48x80 pixels = 3x5 tokens per frame; clip_len 5 = 3 latent frames: 45 tokens, odd.
+    cond = tiny_conditioning(5, height=48, width=80, seed=1)
+    assert clip_tokens(5, 48, 80) % 2 == 1
+    split = runtime._split_conditioning(parallel_runtime(2), cond, clip_len=5)
+    assert (split.height, split.width) == (48, 64)  # one 16-pixel column off: 3 tokens per frame (a row: 5)
+    assert clip_tokens(5, split.height, split.width) % 2 == 0
+    assert runtime._split_conditioning(parallel_runtime(2), cond, clip_len=9) is cond  # 4 latent frames: even
+    r = runtime.Runtime(preset="smoke", device=CPU, preprocess_models=None, wan_models=None)
+    assert not r.context_parallel and r.is_main
+    assert parallel_runtime(2).context_parallel and parallel_runtime(2).is_main

@@ -159,6 +159,7 @@ def onnx_sessions(models: Any) -> dict[str, Any]:
 def check_providers(sessions: dict[str, Any], want_cuda: bool) -> dict[str, Any]:
     """Active providers and options per session; SystemExit when a CUDA run silently fell back to the CPU."""
     import onnxruntime as ort
+    from wan_animate.preprocess.detection import uses_cuda
 
     report: dict[str, Any] = {"onnxruntime": ort.__version__, "available": ort.get_available_providers()}
     for name, session in sessions.items():
@@ -167,7 +168,7 @@ def check_providers(sessions: dict[str, Any], want_cuda: bool) -> dict[str, Any]
         keep = ("device_id", "cudnn_conv_algo_search", "use_tf32", "arena_extend_strategy", "gpu_mem_limit")
         report[name] = {"active": active, "cuda_options": {k: options[k] for k in keep if k in options},
                         "input": [str(d) for d in session.get_inputs()[0].shape]}  # fmt: skip
-        if want_cuda and (not active or active[0] != "CUDAExecutionProvider"):
+        if want_cuda and not uses_cuda(session):
             raise SystemExit(
                 f"FAIL: onnxruntime runs the {name} model on {active}, not CUDAExecutionProvider "
                 f"(onnxruntime {ort.__version__}, available {ort.get_available_providers()}). Install onnxruntime-gpu "

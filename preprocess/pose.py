@@ -21,6 +21,7 @@ authors validated with this model, and we cannot measure the RGB variant without
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -149,9 +150,9 @@ def modulate_heatmaps(heatmaps: np.ndarray, kernel: int = DARK_KERNEL) -> np.nda
     border = (kernel - 1) // 2
     n, k, h, w = heatmaps.shape
     out = np.empty_like(heatmaps, dtype=np.float32)
+    padded = np.zeros((h + 2 * border, w + 2 * border, k), np.float32)  # one buffer: its zero border never changes
     for i in range(n):
         maps = heatmaps[i].transpose(1, 2, 0).astype(np.float32)  # (H, W, K): one cv2 call for all K maps
-        padded = np.zeros((h + 2 * border, w + 2 * border, k), np.float32)
         padded[border:-border, border:-border] = maps
         blurred = cv2.GaussianBlur(padded, (kernel, kernel), 0)[border:-border, border:-border].reshape(h, w, k)
         new_max = blurred.max(axis=(0, 1))
@@ -160,12 +161,21 @@ def modulate_heatmaps(heatmaps: np.ndarray, kernel: int = DARK_KERNEL) -> np.nda
     return out
 
 
-def dark_refine(log_heatmaps: np.ndarray, coords: np.ndarray) -> np.ndarray:
+def safe_log(values: np.ndarray) -> np.ndarray:
+    """The log DARK takes of the modulated heatmaps (values floored at 1e-10 first), in their own dtype."""
+    return np.log(np.maximum(values, 1e-10))
+
+
+def dark_refine(log_heatmaps: np.ndarray, coords: np.ndarray,
+                transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:  # fmt: skip
     """Newton step on log-heatmaps at the integer peaks (DARK's Taylor expansion), official stencils.
 
     log_heatmaps (N, K, H, W), coords (N, K, 2) integer-valued -> refined coords (N, K, 2) float32.
     Derivatives use central differences of step 1 (first) and 2 (second); peaks within 2 px of the
     border, and singular Hessians, keep their integer position (official).
+    `transform` (elementwise) is applied to the sampled values first: `decode_heatmaps` passes the modulated maps
+    and `safe_log`, so the log is taken at the 13 stencil points per keypoint instead of over whole maps (the
+    same numbers, a fraction of the work).
     """
     n, k, h, w = log_heatmaps.shape
     px = coords[..., 0].astype(np.int64)  # int() truncation as official; -1 stays -1
@@ -173,12 +183,13 @@ def dark_refine(log_heatmaps: np.ndarray, coords: np.ndarray) -> np.ndarray:
     valid = (px > 1) & (px < w - 2) & (py > 1) & (py < h - 2)
     x = np.where(valid, px, 2)
     y = np.where(valid, py, 2)
-    maps = log_heatmaps.reshape(n * k, h, w).astype(np.float64)
+    maps = log_heatmaps.reshape(n * k, h, w)
     flat = np.arange(n * k)
     xf, yf = x.reshape(-1), y.reshape(-1)
 
     def at(dy: int, dx: int) -> np.ndarray:
-        return maps[flat, yf + dy, xf + dx].reshape(n, k)
+        values = maps[flat, yf + dy, xf + dx].reshape(n, k)
+        return (values if transform is None else transform(values)).astype(np.float64)
 
     center = at(0, 0)
     dx = 0.5 * (at(0, 1) - at(0, -1))
@@ -210,8 +221,7 @@ def decode_heatmaps(heatmaps: np.ndarray, centers: np.ndarray, scales: np.ndarra
                     ) -> np.ndarray:  # fmt: skip
     """(N, K, H, W) heatmaps -> (N, K, 3) float32 image x, y and score (the heatmap maximum)."""
     coords, maxvals = argmax_heatmaps(heatmaps)
-    log_maps = np.log(np.maximum(modulate_heatmaps(heatmaps, kernel), 1e-10))
-    coords = dark_refine(log_maps, coords)
+    coords = dark_refine(modulate_heatmaps(heatmaps, kernel), coords, transform=safe_log)
     h, w = heatmaps.shape[2:]
     xy = heatmap_to_image(coords, centers, scales, (w, h))
     return np.concatenate([xy, maxvals[..., None].astype(np.float32)], axis=2)

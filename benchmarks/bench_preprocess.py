@@ -8,8 +8,9 @@ weights, `process_checkpoint/sam2/sam2_hiera_large.pt`), loads them with the app
 
 1. animation mode, cold (the first request after loading: CUDA/cuDNN initialisation, onnxruntime's algorithm search);
 2. animation mode, warm;
-3. replacement mode (SAM2 hiera-large masks), SAM2 in float32 (the app's default, as official) and, with
-   `--sam2-dtypes float32,bfloat16`, again in bfloat16 (with the masks' agreement with float32).
+3. replacement mode (SAM2 hiera-large masks), SAM2 in float32 (the app's default, as official), then with TF32
+   matmuls and in bfloat16 (`--sam2-dtypes`), each with its raw masks' agreement with float32's. Random weights
+   make that agreement a rough guide only: real masks need the real weights to judge.
 
 Stages are timed by wrapping the pipeline's own functions (decode, detection, pose, face crops, skeleton drawing,
 resizing, SAM2, mask refinement, background), with a CUDA synchronisation after every GPU stage; onnxruntime's
@@ -317,10 +318,10 @@ def instrumentation(models: Any, clock: StageClock) -> list[tuple[Any, str, Any]
         (estimator, "pose", clock.wrap(POSE, pose_model, gpu=True)),
         (det, "session", TimedSession(det.session, clock, det_parts[1])),
         (pose_model, "session", TimedSession(pose_model.session, clock, pose_parts[1])),
-        (detection, "detector_input", clock.wrap(det_parts[0], detection.detector_input)),
+        (detection, "detector_inputs", clock.wrap(det_parts[0], detection.detector_inputs)),
         (detection, "decode_end2end", clock.wrap(det_parts[2], detection.decode_end2end)),
         (detection, "select_largest_person", clock.wrap(det_parts[2], detection.select_largest_person)),
-        (pose, "pose_input", clock.wrap(pose_parts[0], pose.pose_input)),
+        (pose, "pose_inputs", clock.wrap(pose_parts[0], pose.pose_inputs)),
         (pose, "decode_heatmaps", clock.wrap(pose_parts[2], pose.decode_heatmaps)),
         (masks, "person_masks", clock.wrap(SAM2, masks.person_masks, gpu=True)),
         (masks, "fill_small_holes", clock.wrap(sam_parts[1], masks.fill_small_holes)),
@@ -329,7 +330,7 @@ def instrumentation(models: Any, clock: StageClock) -> list[tuple[Any, str, Any]
         (masks, "remove_person", clock.wrap(BACKGROUND, masks.remove_person)),
     ]
     if models.segmenter is not None:
-        patches.append((models.segmenter, "_pixels", clock.wrap(sam_parts[0], models.segmenter._pixels)))
+        patches.append((models.segmenter, "pixel_frames", clock.wrap(sam_parts[0], models.segmenter.pixel_frames)))
     return patches
 
 
@@ -394,12 +395,28 @@ def mask_agreement(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
             "pixels_differing": round(float((a != b).mean()), 5)}  # fmt: skip
 
 
-def segmenter_in(segmenter: Any, dtype_name: str) -> Any:
-    """The loaded SAM2 segmenter with its model (and session dtype) cast to `dtype_name` (float32 / bfloat16)."""
+SAM2_PRECISIONS = ("float32", "tf32", "bfloat16")  # tf32: float32 weights, TF32 tensor-core matmuls
+
+
+def segmenter_in(segmenter: Any, precision: str) -> Any:
+    """The loaded SAM2 segmenter with its model (and session dtype) cast for `precision` (one of SAM2_PRECISIONS)."""
     import torch
 
-    dtype = getattr(torch, dtype_name)
+    dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
     return dataclasses.replace(segmenter, model=segmenter.model.to(dtype), dtype=dtype)  # .to() casts in place
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str) -> Iterator[None]:
+    """TF32 matmuls (torch's global switch) for the `tf32` precision only, restored afterwards."""
+    import torch
+
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -407,10 +424,15 @@ def segmenter_in(segmenter: Any, dtype_name: str) -> Any:
 
 
 def generation_estimate_s(frames: int, clip_s: float) -> float:
-    """Generation time of `frames` output frames at 720p: clips (the app's segmenting, 77 frames, 1 carried) x clip_s."""
-    from wan_animate.wan.segments import clip_starts, valid_length
+    """Generation time of `frames` output frames at 720p: clips (the app's segmenting, 77 frames, 1 carried) x clip_s.
 
-    return len(clip_starts(valid_length(frames, CLIP_LEN, REFERT_NUM), CLIP_LEN, REFERT_NUM)) * clip_s
+    wan/segments.py is loaded on its own: the `wan` package itself imports diffusers, which preprocessing never needs.
+    """
+    spec = importlib.util.spec_from_file_location("wan_segments", APP_ROOT / "wan" / "segments.py")
+    segments = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(segments)
+    starts = segments.clip_starts(segments.valid_length(frames, CLIP_LEN, REFERT_NUM), CLIP_LEN, REFERT_NUM)
+    return len(starts) * clip_s
 
 
 def cell(seconds: float, frames: int) -> str:
@@ -464,9 +486,8 @@ def markdown(result: dict[str, Any]) -> str:
     for session, batches in result.get("onnx_throughput", {}).items():
         for batch, value in batches.items():
             lines.append(f"| {session} | {batch.split()[-1]} | {value['s_per_run']} | {value['frames_per_s']:,.1f} |")
-    if result.get("sam2_bf16_vs_fp32"):
-        agreement = result["sam2_bf16_vs_fp32"]
-        lines += ["", f"SAM2 bfloat16 vs float32 raw masks (random weights): mean IoU {agreement['mean_iou']}, "
+    for pair, agreement in result.get("sam2_agreement", {}).items():
+        lines += ["", f"SAM2 raw masks, {pair} (random weights): mean IoU {agreement['mean_iou']}, "
                       f"min {agreement['min_iou']}, {agreement['pixels_differing']:.3%} of pixels differ."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
@@ -510,7 +531,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grain", type=float, default=2.0, help="Gaussian grain (levels) added to the clip")
     parser.add_argument("--modes", default="animation,replacement")
     parser.add_argument("--sam2-dtypes", default=None,
-                        help="replacement runs, one per SAM2 dtype (default: float32,bfloat16 on CUDA, float32 on CPU)")
+                        help="replacement runs, one per SAM2 precision: float32 (the app's), tf32, bfloat16 "
+                             "(default: all three on CUDA, float32 on CPU)")
+    parser.add_argument("--budget-s", type=float, default=480.0,
+                        help="after this many seconds, skip the remaining extra runs (SAM2 precisions, throughput)")
     parser.add_argument("--no-cold", action="store_true", help="skip the cold animation run")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "wan_prebench",
@@ -522,6 +546,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
     args = parse_args(argv)
     register_app_package()
     import torch  # before onnxruntime: its CUDA/cuDNN libraries are then the ones onnxruntime-gpu finds
@@ -529,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.startswith("cuda")
     frames = args.frames or (6 if args.tiny else 300)
-    sam2_dtypes = args.sam2_dtypes or ("float32,bfloat16" if cuda else "float32")
+    sam2_dtypes = args.sam2_dtypes or (",".join(SAM2_PRECISIONS) if cuda else "float32")
     width, height = (int(v) for v in (args.size or ("640x360" if args.tiny else "1280x720")).split("x"))
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("wan_animate").setLevel(logging.INFO)  # the app's loader lines (onnxruntime providers)
@@ -579,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         "generation_clip_s": args.generation_clip_s,
         "clips": None,
         "runs": [],
+        "sam2_agreement": {},
     }
     gen_s = generation_estimate_s(frames, args.generation_clip_s)
     result["clips"] = round(gen_s / args.generation_clip_s)
@@ -597,25 +623,30 @@ def main(argv: list[str] | None = None) -> int:
         record(run_preprocess("animation", clip, animation, models, cuda)[0])
     if "replacement" in modes:
         replacement = dataclasses.replace(base, mode="replacement")
-        reference_masks = None
-        fp32_segmenter = models.segmenter
-        for dtype_name in [d for d in sam2_dtypes.split(",") if d]:
-            models.segmenter = segmenter_in(fp32_segmenter, dtype_name)
-            row, raw = run_preprocess(f"replacement, SAM2 {dtype_name}", clip, replacement, models, cuda,
-                                      keep_masks=True)  # fmt: skip
-            if reference_masks is None:
-                reference_masks = raw
+        first_masks, first_name = None, None
+        loaded = models.segmenter
+        for precision in [d for d in sam2_dtypes.split(",") if d]:
+            if precision not in SAM2_PRECISIONS:
+                raise SystemExit(f"--sam2-dtypes: {precision!r} is not one of {SAM2_PRECISIONS}")
+            if result["runs"] and time.perf_counter() - started > args.budget_s:
+                say(f"budget of {args.budget_s:.0f} s spent: skipping replacement with SAM2 {precision}")
+                continue
+            models.segmenter = segmenter_in(loaded, precision)
+            with matmul_precision(precision):
+                row, raw = run_preprocess(f"replacement, SAM2 {precision}", clip, replacement, models, cuda,
+                                          keep_masks=True)  # fmt: skip
+            if first_masks is None:
+                first_masks, first_name = raw, precision
             elif raw is not None:
-                result["sam2_bf16_vs_fp32" if dtype_name == "bfloat16" else f"sam2_{dtype_name}_vs_first"] = (
-                    mask_agreement(reference_masks, raw)
-                )
+                result["sam2_agreement"][f"{precision} vs {first_name}"] = mask_agreement(first_masks, raw)
             record(row)
     sessions = onnx_sessions(models)
-    pose_batches = (1, 16, 32) if not args.tiny else (1, 4)
-    result["onnx_throughput"] = {
-        "detector (640x640)": onnx_throughput(sessions["detector"], (3, 640, 640), pose_batches, reps=3),
-        "pose (256x192)": onnx_throughput(sessions["pose"], (3, 256, 192), pose_batches, reps=3),
-    }
+    batches = (1, 16, 32) if not args.tiny else (1, 4)
+    if time.perf_counter() - started < args.budget_s:
+        result["onnx_throughput"] = {
+            "detector (640x640)": onnx_throughput(sessions["detector"], (3, 640, 640), batches, reps=3),
+            "pose (256x192)": onnx_throughput(sessions["pose"], (3, 256, 192), batches, reps=3),
+        }
     if cuda:
         result["onnx"]["gpu_gib_at_end"] = onnx_gpu_gib(free_before)
     write_results(args.out, result)

@@ -445,33 +445,54 @@ def _plausible_persons(final: nn.Conv2d) -> None:
 # ONNX export
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, external_data: bool) -> Path:
-    """torch.onnx.export (the dynamo exporter, opset 18) with a dynamic batch: input `input`, output `output`.
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, external_data: bool, dynamo: bool = True) -> Path:
+    """torch.onnx.export with a dynamic batch: input `input`, output `output`.
 
-    `external_data`: weights in a `<name>.data` file beside the graph, as the released ViTPose folder keeps them.
+    `dynamo`: the torch.export-based exporter (opset 18; needs onnxscript), else TorchScript's (opset 17; deprecated,
+    kept as a fallback should the dynamo exporter of another torch version refuse a model). `external_data`: weights
+    in files beside the graph, as the released ViTPose folder keeps them (the TorchScript exporter does that by itself
+    for models over 2 GB).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    batch = torch.export.Dim.AUTO
+    names = {"input_names": ["input"], "output_names": ["output"]}
     with torch.no_grad():
-        program = torch.onnx.export(
-            model, (example,), dynamo=True, opset_version=18, input_names=["input"], output_names=["output"],
-            dynamic_shapes={"x": {0: batch}}, external_data=external_data, verbose=False,
-        )  # fmt: skip
-    program.save(str(path), external_data=external_data)
+        if dynamo:
+            program = torch.onnx.export(
+                model, (example,), dynamo=True, opset_version=18, dynamic_shapes={"x": {0: torch.export.Dim.AUTO}},
+                external_data=external_data, verbose=False, **names,
+            )  # fmt: skip
+            program.save(str(path), external_data=external_data)
+        else:
+            torch.onnx.export(
+                model, (example,), str(path), dynamo=False, opset_version=17,
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, **names,
+            )  # fmt: skip
     return path
+
+
+def export_with_fallback(model: nn.Module, example: torch.Tensor, path: Path, external_data: bool) -> Path:
+    """`export_onnx` with the dynamo exporter, and with TorchScript's if that one fails (the error is printed)."""
+    try:
+        return export_onnx(model, example, path, external_data, dynamo=True)
+    except Exception as error:  # noqa: BLE001 - any exporter failure: try the other exporter
+        print(f"dynamo ONNX export of {type(model).__name__} failed ({type(error).__name__}: {str(error)[:300]}); "
+              "retrying with the TorchScript exporter", flush=True)  # fmt: skip
+        for stale in Path(path).parent.glob(Path(path).name + "*"):
+            stale.unlink()
+        return export_onnx(model, example, path, external_data, dynamo=False)
 
 
 def write_vitpose_onnx(folder: Path, size: VitPoseSize = VITPOSE_H, seed: int = 0) -> Path:
     """`folder/end2end.onnx` + `end2end.onnx.data`: the released pose model's layout, random weights."""
     model = random_vitpose(size, seed)
-    return export_onnx(model, torch.zeros(2, 3, *POSE_INPUT_HW), Path(folder) / "end2end.onnx", external_data=True)
+    return export_with_fallback(model, torch.zeros(2, 3, *POSE_INPUT_HW), Path(folder) / "end2end.onnx", True)
 
 
 def write_yolov10_onnx(path: Path, scale: YoloScale = YOLOV10M, seed: int = 0) -> Path:
     """One self-contained .onnx file (the release's yolov10m.onnx is 0.06 GB, under protobuf's 2 GB limit)."""
     model = random_yolov10(scale, seed)
-    return export_onnx(model, torch.zeros(2, 3, DET_SIZE, DET_SIZE), Path(path), external_data=False)
+    return export_with_fallback(model, torch.zeros(2, 3, DET_SIZE, DET_SIZE), Path(path), external_data=False)
 
 
 # ---------------------------------------------------------------------------------------------------

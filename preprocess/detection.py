@@ -23,6 +23,8 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from .parallel import map_frames
+
 logger = logging.getLogger(__name__)
 
 DET_SIZE = 640  # the official detector input, width and height
@@ -132,6 +134,11 @@ def detector_input(frame: np.ndarray) -> np.ndarray:
     return out
 
 
+def detector_inputs(frames: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB -> (N, 3, 640, 640) float32 detector inputs, frames prepared side by side."""
+    return np.stack(map_frames(detector_input, frames))
+
+
 def decode_end2end(output: np.ndarray, height: int, width: int) -> np.ndarray:
     """One frame's YOLOv10 end-to-end output (K, 6) -> (M, 6) x1, y1, x2, y2, score, class after NMS.
 
@@ -199,7 +206,7 @@ class OnnxPersonDetector:
         """(N, H, W, 3) uint8 RGB -> the graph's (N, K, 6) outputs, run `self.batch` frames at a time."""
         outs = []
         for start in range(0, len(frames), self.batch):
-            chunk = np.stack([detector_input(f) for f in frames[start : start + self.batch]])
+            chunk = detector_inputs(frames[start : start + self.batch])
             n = len(chunk)
             fixed = fixed_batch_size(self.session)
             if fixed is not None and n < fixed:  # pad a short last chunk of a fixed-batch graph

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from .detection import PersonDetector, Providers, UltralyticsPoseDetector, fixed_batch_size, open_onnx_session
+from .parallel import map_frames
 from .pose_meta import PoseMeta
 
 logger = logging.getLogger(__name__)
@@ -128,6 +129,15 @@ def pose_input(img: np.ndarray, box: np.ndarray | None, channel_order: Literal["
         crop = crop[..., ::-1]  # the official pipeline's (unintended) BGR input, see the module docstring
     normed = (crop / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
     return np.ascontiguousarray(normed.transpose(2, 0, 1).astype(np.float32)), center, scale
+
+
+def pose_inputs(frames: np.ndarray, boxes: np.ndarray, channel_order: Literal["bgr", "rgb"] = "bgr"
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """`pose_input` for every frame and its box, frames prepared side by side: (N, 3, rows, cols) float32 inputs,
+    (N, 2) centres, (N, 2) scales."""
+    prepared = map_frames(lambda frame, box: pose_input(frame, box, channel_order), frames, boxes)
+    return (np.stack([p[0] for p in prepared]), np.stack([p[1] for p in prepared]),
+            np.stack([p[2] for p in prepared]))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -300,14 +310,11 @@ class OnnxWholeBodyPose:
             if self.fixed_batch is not None and n < self.fixed_batch:
                 chunk = np.concatenate([chunk, np.zeros((self.fixed_batch - n, *chunk.shape[1:]), np.float32)])
             outs.append(self.session.run(None, {self.input_name: chunk})[0][:n])
-        return np.concatenate(outs).astype(np.float32)
+        return np.concatenate(outs).astype(np.float32, copy=False)
 
     def __call__(self, frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 RGB + (N, 5) boxes -> (N, 133, 3) float32 x, y in pixels, score."""
-        prepared = [pose_input(f, b, self.channel_order) for f, b in zip(frames, boxes, strict=True)]
-        inputs = np.stack([p[0] for p in prepared])
-        centers = np.stack([p[1] for p in prepared])
-        scales = np.stack([p[2] for p in prepared])
+        inputs, centers, scales = pose_inputs(frames, boxes, self.channel_order)
         return decode_heatmaps(self.heatmaps(inputs), centers, scales)
 
 

@@ -7,7 +7,7 @@ weights, `process_checkpoint/sam2/sam2_hiera_large.pt`), loads them with the app
 (`preprocess.load_preprocess_models`: onnxruntime on CUDA, SAM2 on the GPU) and times `preprocess()`:
 
 1. animation mode, cold (the first request after loading: CUDA/cuDNN initialisation, onnxruntime's algorithm search);
-2. animation mode, warm;
+2. animation mode, warm (and again with the app's per-frame CPU thread pool off, `--serial-too`, default on CUDA);
 3. replacement mode (SAM2 hiera-large masks), SAM2 in float32 (the app's default, as official), then with TF32
    matmuls and in bfloat16 (`--sam2-dtypes`), each with its raw masks' agreement with float32's. Random weights
    make that agreement a rough guide only: real masks need the real weights to judge.
@@ -407,6 +407,22 @@ def segmenter_in(segmenter: Any, precision: str) -> Any:
 
 
 @contextlib.contextmanager
+def cpu_threads(count: int) -> Iterator[None]:
+    """The app's per-frame thread pool size (WAN_ANIMATE_CPU_THREADS) set to `count` for a run."""
+    from wan_animate.preprocess.parallel import ENV_THREADS
+
+    previous = os.environ.get(ENV_THREADS)
+    os.environ[ENV_THREADS] = str(count)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(ENV_THREADS, None)
+        else:
+            os.environ[ENV_THREADS] = previous
+
+
+@contextlib.contextmanager
 def matmul_precision(precision: str) -> Iterator[None]:
     """TF32 matmuls (torch's global switch) for the `tf32` precision only, restored afterwards."""
     import torch
@@ -536,6 +552,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=480.0,
                         help="after this many seconds, skip the remaining extra runs (SAM2 precisions, throughput)")
     parser.add_argument("--no-cold", action="store_true", help="skip the cold animation run")
+    parser.add_argument("--serial-too", action=argparse.BooleanOptionalAction, default=None,
+                        help="also run animation with the app's per-frame thread pool off (default: on CUDA)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "wan_prebench",
                         help="where the clip and the model files are built (reused on the next run)")  # fmt: skip
@@ -555,6 +573,8 @@ def main(argv: list[str] | None = None) -> int:
     cuda = device.startswith("cuda")
     frames = args.frames or (6 if args.tiny else 300)
     sam2_dtypes = args.sam2_dtypes or (",".join(SAM2_PRECISIONS) if cuda else "float32")
+    if args.serial_too is None:
+        args.serial_too = cuda
     width, height = (int(v) for v in (args.size or ("640x360" if args.tiny else "1280x720")).split("x"))
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("wan_animate").setLevel(logging.INFO)  # the app's loader lines (onnxruntime providers)
@@ -620,7 +640,12 @@ def main(argv: list[str] | None = None) -> int:
         animation = dataclasses.replace(base, mode="animation")
         if not args.no_cold:
             record(run_preprocess("animation (cold)", clip, animation, models, cuda)[0])
-        record(run_preprocess("animation", clip, animation, models, cuda)[0])
+        from wan_animate.preprocess.parallel import thread_count
+
+        record(run_preprocess(f"animation ({thread_count()} CPU threads)", clip, animation, models, cuda)[0])
+        if args.serial_too and thread_count() > 1:
+            with cpu_threads(1):
+                record(run_preprocess("animation (1 CPU thread)", clip, animation, models, cuda)[0])
     if "replacement" in modes:
         replacement = dataclasses.replace(base, mode="replacement")
         first_masks, first_name = None, None

@@ -656,9 +656,11 @@ def refine_masks(masks: np.ndarray, iterations: int, kernel_size: int, w_subdivi
         raise ValueError("kernel_size and subdivisions must be >= 1")
     kernel = np.ones((kernel_size, kernel_size), np.uint8)
     out = np.empty_like(binary)
-    for index, mask in enumerate(binary):
-        dilated = cv2.dilate(mask, kernel, iterations=iterations)
-        out[index] = grid_fill(dilated, w_subdivisions, h_subdivisions)
+
+    def refine(index: int, mask: np.ndarray) -> None:  # frames side by side: each writes only its own slice
+        out[index] = grid_fill(cv2.dilate(mask, kernel, iterations=iterations), w_subdivisions, h_subdivisions)
+
+    map_frames(refine, range(len(binary)), binary)
     return out
 
 

@@ -42,3 +42,24 @@ def test_sam2_pixel_frames_equal_frame_by_frame(monkeypatch):
     frames = np.random.default_rng(1).integers(0, 256, (4, 90, 160, 3), dtype=np.uint8)
     for got, frame in zip(segmenter.pixel_frames(frames), frames, strict=True):
         torch.testing.assert_close(got, segmenter._pixels(frame), rtol=0, atol=0)
+
+
+def test_skeletons_and_mask_refinement_equal_serial(monkeypatch):
+    from wan_animate.preprocess import masks, pipeline
+    from wan_animate.preprocess.pose import wholebody_to_pose_meta
+
+    rng = np.random.default_rng(2)
+    poses = []
+    for _ in range(6):
+        kps = np.zeros((133, 3), np.float32)
+        kps[:, 0], kps[:, 1], kps[:, 2] = rng.random(133) * 320, rng.random(133) * 180, 0.6
+        poses.append(wholebody_to_pose_meta(kps, 320, 180))
+    binary = (rng.random((6, 180, 320)) > 0.995).astype(np.uint8)
+    results = {}
+    for threads in ("1", "3"):
+        monkeypatch.setenv(parallel.ENV_THREADS, threads)
+        results[threads] = (pipeline._draw_letterboxed(poses, (180, 320), (256, 224)), pipeline._draw(poses, (180, 320)),
+                            masks.refine_masks(binary, 2, 5, 2, 2))  # fmt: skip
+    for serial, threaded in zip(results["1"], results["3"], strict=True):
+        np.testing.assert_array_equal(serial, threaded)
+    assert results["3"][0].max() > 0 and results["3"][2].sum() > binary.sum()  # something was drawn and dilated

@@ -57,15 +57,31 @@ def wants_cuda(providers: Providers) -> bool:
     return any((p if isinstance(p, str) else p[0]) == "CUDAExecutionProvider" for p in providers)
 
 
+def torch_cuda_library_dir(ort_cuda_version: str | None) -> Path | None:
+    """torch's CUDA 13+ library folder (`site-packages/nvidia/cu<major>/lib`, where NVIDIA's consolidated CUDA
+    wheels put cuBLAS, cuRAND, cudart...) when torch has one for onnxruntime's CUDA major version, else None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.version.cuda or not ort_cuda_version:
+        return None
+    major = torch.version.cuda.split(".")[0]
+    if major != str(ort_cuda_version).split(".")[0]:
+        return None
+    folder = Path(torch.__file__).resolve().parents[1] / "nvidia" / f"cu{major}" / "lib"
+    return folder if folder.is_dir() else None
+
+
 def load_cuda_libraries() -> None:
     """Make CUDA and cuDNN loadable for onnxruntime-gpu before a CUDA session is created.
 
     `import torch` first: torch's CUDA build links cudart, cuBLAS(Lt), cuRAND and cuDNN from the nvidia-* wheels
     it depends on, and once they are loaded onnxruntime finds them by name (onnxruntime documents this: no
     preloading is needed "if `import torch` is done before"). That also works when onnxruntime-gpu is installed
-    somewhere else than those wheels, where `preload_dlls()` alone (which looks in its own site-packages' nvidia/
-    folders, `nvidia/cu13/lib` for CUDA 13 builds) finds nothing. `preload_dlls()` then loads what torch did not
-    (it prints, not raises, what it cannot find).
+    somewhere else than those wheels, where `preload_dlls()` alone (it looks in the nvidia/ folders of its own
+    site-packages) finds nothing; for CUDA 13+ builds torch's consolidated `nvidia/cu<major>/lib` folder is handed
+    to it as well. `preload_dlls()` then loads what torch did not (it prints, not raises, what it cannot find).
     """
     import onnxruntime as ort
 
@@ -73,11 +89,15 @@ def load_cuda_libraries() -> None:
         import torch  # noqa: F401
     except ImportError:
         pass
-    if hasattr(ort, "preload_dlls"):  # onnxruntime-gpu >= 1.21
-        try:
-            ort.preload_dlls()
-        except Exception as error:  # missing libraries: the session falls back to CPU, checked after creating it
-            logger.warning("onnxruntime could not preload CUDA libraries: %s", error)
+    if not hasattr(ort, "preload_dlls"):  # onnxruntime-gpu < 1.21
+        return
+    try:
+        folder = torch_cuda_library_dir(getattr(ort, "cuda_version", None))
+        if folder is not None:
+            ort.preload_dlls(cudnn=False, directory=str(folder))
+        ort.preload_dlls()
+    except Exception as error:  # missing libraries: the session falls back to CPU, checked after creating it
+        logger.warning("onnxruntime could not preload CUDA libraries: %s", error)
 
 
 def uses_cuda(session) -> bool:

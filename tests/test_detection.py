@@ -50,6 +50,19 @@ def test_cuda_request_that_falls_back_to_cpu_is_an_error_in_the_log(tmp_path, ca
     assert "although CUDA was requested" in caplog.text
 
 
+def test_torch_cuda_library_dir_is_the_consolidated_folder_of_the_same_major(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch, "__file__", str(tmp_path / "torch" / "__init__.py"))
+    assert det.torch_cuda_library_dir("13.0") is None  # no such folder
+    folder = tmp_path / "nvidia" / "cu13" / "lib"
+    folder.mkdir(parents=True)
+    assert det.torch_cuda_library_dir("13.0") == folder
+    assert det.torch_cuda_library_dir("12.8") is None  # onnxruntime built for another CUDA major
+    assert det.torch_cuda_library_dir(None) is None
+
+
 def test_decode_scales_truncates_and_filters():
     # values exact in binary; frame 1280 wide (x2), 960 high (x1.5)
     out = np.zeros((300, 6), np.float32)

@@ -459,9 +459,11 @@ def generation_estimate_s(frames: int, clip_s: float) -> float:
 
 
 def cell(seconds: float, frames: int) -> str:
+    """'1.23 s (244/s)': a stage's seconds and frames per second ('-' when it did not run)."""
     if seconds <= 0:
         return "-"
-    return f"{seconds:.2f} s ({frames / seconds:,.0f}/s)"
+    rate = frames / seconds
+    return f"{seconds:.2f} s ({rate:,.0f}/s)" if rate >= 10 else f"{seconds:.2f} s ({rate:.2g}/s)"
 
 
 def markdown(result: dict[str, Any]) -> str:

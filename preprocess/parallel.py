@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-T = TypeVar("T")
 R = TypeVar("R")
 
 ENV_THREADS = "WAN_ANIMATE_CPU_THREADS"

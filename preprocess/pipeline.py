@@ -32,6 +32,7 @@ from ..errors import InputError
 from ..limits import LIMITS
 from .conditioning import Conditioning, PreprocessOptions
 from .face import FACE_SIZE, crop_face, face_box, fill_missing_faces
+from .frame_threads import map_frames
 from .pose import PoseEstimator, fill_invalid_bodies
 from .pose_meta import PoseMeta
 from .skeleton import render_pose
@@ -201,17 +202,26 @@ def _driving_pass(path: Path, indices: list[int], models: PreprocessModels, resi
 
 
 def _draw_letterboxed(poses: list[PoseMeta], canvas_hw: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
-    """Official no-retarget animation: draw at the video's size, then letterbox (bilinear) to the output."""
+    """Official no-retarget animation: draw at the video's size, then letterbox (bilinear) to the output.
+
+    Frames are drawn side by side (OpenCV releases the GIL; each frame is its own canvas)."""
     out = np.empty((len(poses), *out_hw, 3), np.uint8)
-    for i, meta in enumerate(poses):
+
+    def draw(i: int, meta: PoseMeta) -> None:
         out[i] = letterbox(render_pose(meta, *canvas_hw), *out_hw, interpolation=cv2.INTER_LINEAR)
+
+    map_frames(draw, range(len(poses)), poses)
     return out
 
 
 def _draw(poses: list[PoseMeta], out_hw: tuple[int, int]) -> np.ndarray:
+    """Each pose drawn on its own black canvas of the output size, frames side by side."""
     out = np.empty((len(poses), *out_hw, 3), np.uint8)
-    for i, meta in enumerate(poses):
+
+    def draw(i: int, meta: PoseMeta) -> None:
         out[i] = render_pose(meta, *out_hw)
+
+    map_frames(draw, range(len(poses)), poses)
     return out
 
 

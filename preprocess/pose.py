@@ -21,6 +21,7 @@ authors validated with this model, and we cannot measure the RGB variant without
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -28,6 +29,7 @@ import cv2
 import numpy as np
 
 from .detection import PersonDetector, Providers, UltralyticsPoseDetector, fixed_batch_size, open_onnx_session
+from .frame_threads import map_frames
 from .pose_meta import PoseMeta
 
 logger = logging.getLogger(__name__)
@@ -129,6 +131,15 @@ def pose_input(img: np.ndarray, box: np.ndarray | None, channel_order: Literal["
     return np.ascontiguousarray(normed.transpose(2, 0, 1).astype(np.float32)), center, scale
 
 
+def pose_inputs(frames: np.ndarray, boxes: np.ndarray, channel_order: Literal["bgr", "rgb"] = "bgr"
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """`pose_input` for every frame and its box, frames prepared side by side: (N, 3, rows, cols) float32 inputs,
+    (N, 2) centres, (N, 2) scales."""
+    prepared = map_frames(lambda frame, box: pose_input(frame, box, channel_order), frames, boxes)
+    return (np.stack([p[0] for p in prepared]), np.stack([p[1] for p in prepared]),
+            np.stack([p[2] for p in prepared]))  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------------
 # Heatmap decoding (official keypoints_from_heatmaps with unbiased=True, use_udp=False)
 
@@ -149,9 +160,9 @@ def modulate_heatmaps(heatmaps: np.ndarray, kernel: int = DARK_KERNEL) -> np.nda
     border = (kernel - 1) // 2
     n, k, h, w = heatmaps.shape
     out = np.empty_like(heatmaps, dtype=np.float32)
+    padded = np.zeros((h + 2 * border, w + 2 * border, k), np.float32)  # one buffer: its zero border never changes
     for i in range(n):
         maps = heatmaps[i].transpose(1, 2, 0).astype(np.float32)  # (H, W, K): one cv2 call for all K maps
-        padded = np.zeros((h + 2 * border, w + 2 * border, k), np.float32)
         padded[border:-border, border:-border] = maps
         blurred = cv2.GaussianBlur(padded, (kernel, kernel), 0)[border:-border, border:-border].reshape(h, w, k)
         new_max = blurred.max(axis=(0, 1))
@@ -160,12 +171,21 @@ def modulate_heatmaps(heatmaps: np.ndarray, kernel: int = DARK_KERNEL) -> np.nda
     return out
 
 
-def dark_refine(log_heatmaps: np.ndarray, coords: np.ndarray) -> np.ndarray:
+def safe_log(values: np.ndarray) -> np.ndarray:
+    """The log DARK takes of the modulated heatmaps (values floored at 1e-10 first), in their own dtype."""
+    return np.log(np.maximum(values, 1e-10))
+
+
+def dark_refine(log_heatmaps: np.ndarray, coords: np.ndarray,
+                transform: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:  # fmt: skip
     """Newton step on log-heatmaps at the integer peaks (DARK's Taylor expansion), official stencils.
 
     log_heatmaps (N, K, H, W), coords (N, K, 2) integer-valued -> refined coords (N, K, 2) float32.
     Derivatives use central differences of step 1 (first) and 2 (second); peaks within 2 px of the
     border, and singular Hessians, keep their integer position (official).
+    `transform` (elementwise) is applied to the sampled values first: `decode_heatmaps` passes the modulated maps
+    and `safe_log`, so the log is taken at the 13 stencil points per keypoint instead of over whole maps (the
+    same numbers, a fraction of the work).
     """
     n, k, h, w = log_heatmaps.shape
     px = coords[..., 0].astype(np.int64)  # int() truncation as official; -1 stays -1
@@ -173,12 +193,13 @@ def dark_refine(log_heatmaps: np.ndarray, coords: np.ndarray) -> np.ndarray:
     valid = (px > 1) & (px < w - 2) & (py > 1) & (py < h - 2)
     x = np.where(valid, px, 2)
     y = np.where(valid, py, 2)
-    maps = log_heatmaps.reshape(n * k, h, w).astype(np.float64)
+    maps = log_heatmaps.reshape(n * k, h, w)
     flat = np.arange(n * k)
     xf, yf = x.reshape(-1), y.reshape(-1)
 
     def at(dy: int, dx: int) -> np.ndarray:
-        return maps[flat, yf + dy, xf + dx].reshape(n, k)
+        values = maps[flat, yf + dy, xf + dx].reshape(n, k)
+        return (values if transform is None else transform(values)).astype(np.float64)
 
     center = at(0, 0)
     dx = 0.5 * (at(0, 1) - at(0, -1))
@@ -210,8 +231,7 @@ def decode_heatmaps(heatmaps: np.ndarray, centers: np.ndarray, scales: np.ndarra
                     ) -> np.ndarray:  # fmt: skip
     """(N, K, H, W) heatmaps -> (N, K, 3) float32 image x, y and score (the heatmap maximum)."""
     coords, maxvals = argmax_heatmaps(heatmaps)
-    log_maps = np.log(np.maximum(modulate_heatmaps(heatmaps, kernel), 1e-10))
-    coords = dark_refine(log_maps, coords)
+    coords = dark_refine(modulate_heatmaps(heatmaps, kernel), coords, transform=safe_log)
     h, w = heatmaps.shape[2:]
     xy = heatmap_to_image(coords, centers, scales, (w, h))
     return np.concatenate([xy, maxvals[..., None].astype(np.float32)], axis=2)
@@ -290,14 +310,11 @@ class OnnxWholeBodyPose:
             if self.fixed_batch is not None and n < self.fixed_batch:
                 chunk = np.concatenate([chunk, np.zeros((self.fixed_batch - n, *chunk.shape[1:]), np.float32)])
             outs.append(self.session.run(None, {self.input_name: chunk})[0][:n])
-        return np.concatenate(outs).astype(np.float32)
+        return np.concatenate(outs).astype(np.float32, copy=False)
 
     def __call__(self, frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 RGB + (N, 5) boxes -> (N, 133, 3) float32 x, y in pixels, score."""
-        prepared = [pose_input(f, b, self.channel_order) for f, b in zip(frames, boxes, strict=True)]
-        inputs = np.stack([p[0] for p in prepared])
-        centers = np.stack([p[1] for p in prepared])
-        scales = np.stack([p[2] for p in prepared])
+        inputs, centers, scales = pose_inputs(frames, boxes, self.channel_order)
         return decode_heatmaps(self.heatmaps(inputs), centers, scales)
 
 

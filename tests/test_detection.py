@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import cv2
 import numpy as np
 import pytest
 from conftest import fixture_path
@@ -19,6 +22,45 @@ def test_detector_input_is_stretched_rgb_in_unit_range():
     np.testing.assert_allclose(x[:, 320, 320], [10 / 255, 20 / 255, 30 / 255], rtol=1e-6)  # channel 0 = R
     # stretched, not letterboxed: a 300x100 frame fills all 640 rows (no black bar rows)
     assert x[0, 0, 320] == pytest.approx(10 / 255) and x[0, 639, 320] == pytest.approx(10 / 255)
+
+
+def test_detector_input_equals_the_official_float64_arithmetic():
+    # official: (resized / 255.0) in float64, then cast to float32; ours divides in float32. Every level first
+    # (a 640x640 frame is not resampled), then a resized camera-sized frame.
+    levels = np.repeat(np.arange(256, dtype=np.uint8), 1600).reshape(640, 640, 1).repeat(3, axis=2)
+    np.testing.assert_array_equal(det.detector_input(levels), (levels / 255.0).transpose(2, 0, 1).astype(np.float32))
+    frame = np.random.default_rng(0).integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    official = (cv2.resize(frame, (640, 640)) / 255.0).transpose(2, 0, 1).astype(np.float32)
+    ours = det.detector_input(frame)
+    np.testing.assert_array_equal(ours, official)
+    assert ours.flags.c_contiguous
+
+
+def test_cuda_request_that_falls_back_to_cpu_is_an_error_in_the_log(tmp_path, caplog):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: onnxruntime would not fall back")
+    path = write_detector(tmp_path / "d.onnx", np.zeros((1, 6), np.float32))
+    providers = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+    assert det.wants_cuda(providers) and not det.wants_cuda(CPU)
+    with caplog.at_level(logging.ERROR, logger=det.logger.name):
+        session = det.open_onnx_session(path, providers)
+    assert not det.uses_cuda(session)
+    assert "although CUDA was requested" in caplog.text
+
+
+def test_torch_cuda_library_dir_is_the_consolidated_folder_of_the_same_major(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch, "__file__", str(tmp_path / "torch" / "__init__.py"))
+    assert det.torch_cuda_library_dir("13.0") is None  # no such folder
+    folder = tmp_path / "nvidia" / "cu13" / "lib"
+    folder.mkdir(parents=True)
+    assert det.torch_cuda_library_dir("13.0") == folder
+    assert det.torch_cuda_library_dir("12.8") is None  # onnxruntime built for another CUDA major
+    assert det.torch_cuda_library_dir(None) is None
 
 
 def test_decode_scales_truncates_and_filters():

@@ -305,6 +305,19 @@ def test_transformers_format_folder_loads_with_from_pretrained(tmp_path):
 # the tiny random SAM2 on real frames
 
 
+def test_sam2_pixels_equal_the_official_normalisation():
+    from PIL import Image
+
+    segmenter = M.tiny_sam2_video()
+    frame = np.random.default_rng(0).integers(0, 256, (72, 130, 3), dtype=np.uint8)
+    size = segmenter.image_size
+    resized = np.asarray(Image.fromarray(frame).convert("RGB").resize((size, size)), np.float32) / 255.0
+    official = ((resized - M.IMAGENET_MEAN) / M.IMAGENET_STD).transpose(2, 0, 1)  # bicubic, then in float32
+    got = segmenter._pixels(frame)
+    assert got.dtype == torch.float32 and got.is_contiguous()
+    np.testing.assert_array_equal(got.numpy(), official)
+
+
 def test_tiny_sam2_on_real_frames_gives_a_valid_mask_for_every_frame():
     import decord
 

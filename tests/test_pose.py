@@ -110,6 +110,24 @@ def test_decode_heatmaps_sub_pixel_and_mapping():
     np.testing.assert_allclose(out[0, :, 2], expected_scores, rtol=1e-5)
 
 
+def test_decode_heatmaps_equals_logging_whole_maps():
+    # decode_heatmaps takes the log only at DARK's stencil points; the official code logs the whole modulated maps
+    rng = np.random.default_rng(0)
+    noisy = (0.6 + 0.02 * rng.standard_normal((3, 133, 64, 48))).astype(np.float32)
+    peaked = _gaussian_maps([(rng.random() * 48, rng.random() * 64) for _ in range(133)]) * 0.8
+    signed = rng.standard_normal((2, 133, 64, 48)).astype(np.float32)  # negative maxima: -1 coordinates
+    # frames share one padded buffer in modulate_heatmaps: a frame's result must not depend on its neighbours
+    np.testing.assert_array_equal(P.modulate_heatmaps(noisy)[2], P.modulate_heatmaps(noisy[2:])[0])
+    for maps in (noisy, peaked, signed):
+        n = len(maps)
+        centers, scales = rng.random((n, 2)) * 500, rng.random((n, 2)) * 3 + 0.1
+        coords, maxvals = P.argmax_heatmaps(maps)
+        whole = P.dark_refine(np.log(np.maximum(P.modulate_heatmaps(maps), 1e-10)), coords)
+        xy = P.heatmap_to_image(whole, centers, scales, (48, 64))
+        official = np.concatenate([xy, maxvals[..., None].astype(np.float32)], axis=2)
+        np.testing.assert_array_equal(P.decode_heatmaps(maps, centers, scales), official)
+
+
 def test_decode_border_peak_and_empty_map():
     maps = _gaussian_maps([(1.3, 30.0), (20.0, 20.0)])
     maps[0, 1] = 0.0  # an empty map: argmax -1, score 0, no refinement

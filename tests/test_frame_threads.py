@@ -1,4 +1,4 @@
-"""frame_threads.map_frames: the shared pool gives the serial results, in order, for every per-frame preparation."""
+"""frame_threads.map_frames: threads give the serial results, in order, for every per-frame preparation."""
 
 from __future__ import annotations
 

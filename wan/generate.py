@@ -62,7 +62,7 @@ class GenerationOptions:
     clip_len: int = 77  # frames per clip, 4n + 1
     refert_num: int = 1  # frames each clip continues from (1 or 5)
     shift: float = 5.0
-    sample_solver: Literal["dpm++", "unipc"] = "dpm++"
+    sample_solver: Literal["dpm++", "unipc", "euler"] = "dpm++"  # euler: the distillation LoRA's sampler
     sampling_steps: int = 20
     guide_scale: float = 1.0  # > 1: second pass with the negative prompt AND a blank (-1) face
     seed: int = 0

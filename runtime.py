@@ -81,17 +81,20 @@ def load_runtime(setup: AppSetup) -> Runtime:
     device = pick_device()
     if setup.preset == "smoke":
         logger.warning("preset 'smoke': tiny RANDOM weights, the output video is noise (for testing the path only)")
+        wan_models = build_tiny_models(device=device, dtype=torch.float32)
+        if setup.distill_lora:  # a random LoRA in the release's layout, through the real loader
+            from .wan.distill import load_distill_lora
+            from .wan.testing import lightx2v_lora_tensors
+
+            wan_models.distill = load_distill_lora(wan_models.transformer, lightx2v_lora_tensors(wan_models.transformer))
         return Runtime(
-            preset="smoke",
-            device=device,
-            preprocess_models=smoke_preprocess_models(device),
-            wan_models=build_tiny_models(device=device, dtype=torch.float32),
+            preset="smoke", device=device, preprocess_models=smoke_preprocess_models(device), wan_models=wan_models
         )
 
     from .weights import fetch_all
 
     cache_dir = Path(setup.cache_dir) if setup.cache_dir else None
-    paths = fetch_all(cache_dir, with_flux=setup.enable_flux)
+    paths = fetch_all(cache_dir, with_flux=setup.enable_flux, with_distill=setup.distill_lora)
     preprocess_models = load_preprocess_models(paths, device)
     wan_models = load_models(
         paths, device=device, dtype=torch.bfloat16, offload="model" if setup.offload_model else "none"
@@ -120,10 +123,16 @@ def load_runtime(setup: AppSetup) -> Runtime:
         wan_models.transformer = apply_speed_options(wan_models.transformer, speed)
         if setup.compile:  # pay compilation now for the default request shape (720p landscape, 77 frames)
             inputs = make_example_inputs(wan_models.transformer.config, 720, 1280, device=device)
-            logger.info("compile warm-up: %.1f s", warmup(wan_models.transformer, inputs))
-            # Replacement requests switch the relighting adapter on: one more graph (measured ~8 s at 480p), paid now.
-            with request_adapters(wan_models.transformer, wan_models.relighting_adapter, True, []):
-                logger.info("compile warm-up (relighting on): %.1f s", warmup(wan_models.transformer, inputs))
+            # Each set of active adapters is one more graph of the blocks (relighting: measured ~8 s at 480p), paid now
+            # for every set a request without user LoRAs can ask for: animation / replacement, each with or without
+            # the distillation LoRA (whose parameter differences are values only: no graph of their own).
+            distill_states = (None, wan_models.distill) if wan_models.distill is not None else (None,)
+            for distill in distill_states:
+                for relight in (False, True):
+                    with request_adapters(wan_models.transformer, wan_models.relighting_adapter, relight, [], distill):
+                        seconds = warmup(wan_models.transformer, inputs)
+                    logger.info("compile warm-up (relighting %s, distillation %s): %.1f s",
+                                "on" if relight else "off", "on" if distill else "off", seconds)  # fmt: skip
     return Runtime(preset="full", device=device, preprocess_models=preprocess_models, wan_models=wan_models, speed=speed)
 
 
@@ -147,20 +156,25 @@ def preprocess_options(inp: AppInput) -> Any:
 def generation_options(inp: AppInput, seed: int, loras: list[tuple[Path, float]]) -> Any:
     from .wan import GenerationOptions
 
+    sampling = inp.sampling_settings()  # with distill: the LoRA's settings where the request set none
+    if inp.distill and sampling["guide_scale"] > 1.0:
+        logger.warning("distill with guide_scale %g: the LoRA is CFG-distilled (its authors: guidance off)",
+                       sampling["guide_scale"])  # fmt: skip
     return GenerationOptions(
         mode=inp.mode,
         clip_len=inp.clip_len,
         refert_num=inp.refert_num,
-        shift=inp.shift,
-        sample_solver=inp.sample_solver,
-        sampling_steps=inp.sampling_steps,
-        guide_scale=inp.guide_scale,
+        shift=sampling["shift"],
+        sample_solver=sampling["sample_solver"],
+        sampling_steps=sampling["sampling_steps"],
+        guide_scale=sampling["guide_scale"],
         seed=seed,
         prompt=inp.input_prompt,
         n_prompt=inp.n_prompt,
         color_match=inp.color_match,
         offload=inp.offload_model,
         loras=loras,
+        distill=inp.distill,
     )
 
 

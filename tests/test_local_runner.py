@@ -96,3 +96,26 @@ def test_replacement_mode_runs_end_to_end_with_debug_videos(tmp_path: Path) -> N
     for key in ("pose_video", "face_video", "mask_video"):
         assert Path(result[key]["path"]).is_file(), key
     assert count_frames(Path(result["mask_video"]["path"])) == 8
+
+
+def test_distill_request_runs_end_to_end_with_the_loras_settings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`distill: true` alone: the smoke worker's distillation LoRA (random, in the release's layout) and 4 steps."""
+    request = json.loads((EXAMPLE / "input.json").read_text())
+    del request["sampling_steps"]  # the example sets 2: left out, distill brings its own 4
+    request.update(
+        driving_video={"path": str(EXAMPLE / "driving.mp4")}, reference_image={"path": str(EXAMPLE / "reference.jpg")},
+        mode="replacement", fps=4, clip_len=5, distill=True,
+    )  # fmt: skip
+    path = tmp_path / "input.json"
+    path.write_text(json.dumps(request))
+    out = tmp_path / "out"
+    with caplog.at_level("INFO", logger="wan_animate"):
+        assert main(["run", str(path), "--setup", str(EXAMPLE / "setup.json"), "--output-dir", str(out)]) == 0
+    steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("generate: clip")]
+    assert len(steps) == 2 * 4 and all("/4 (" in line for line in steps)  # 2 clips of 5 frames (1 carried), 4 steps
+    result = json.loads((out / "output.json").read_text())
+    assert result["num_frames"] == 8 and count_frames(Path(result["video"]["path"])) == 8
+    extra = result["output_meta"]["outputs"][0]["extra"]
+    assert (extra["distill"], extra["sampling_steps"], extra["guide_scale"]) == (True, 4, 1.0)

@@ -111,8 +111,7 @@ def load_runtime(setup: AppSetup) -> Runtime:
         if setup.compile or setup.attention != "default":
             logger.info("offloaded worker: compile and attention=%r are not applied", setup.attention)
     elif device.type == "cuda":
-        from .wan.lora import request_adapters
-        from .wan.speed import SpeedOptions, apply_speed_options, make_example_inputs, warmup
+        from .wan.speed import SpeedOptions, apply_speed_options, make_example_inputs
 
         speed = SpeedOptions(
             fp8_linears=setup.fp8,
@@ -122,18 +121,27 @@ def load_runtime(setup: AppSetup) -> Runtime:
         )
         wan_models.transformer = apply_speed_options(wan_models.transformer, speed)
         if setup.compile:  # pay compilation now for the default request shape (720p landscape, 77 frames)
-            inputs = make_example_inputs(wan_models.transformer.config, 720, 1280, device=device)
-            # Each set of active adapters is one more graph of the blocks (relighting: measured ~8 s at 480p), paid now
-            # for every set a request without user LoRAs can ask for: animation / replacement, each with or without
-            # the distillation LoRA (whose parameter differences are values only: no graph of their own).
-            distill_states = (None, wan_models.distill) if wan_models.distill is not None else (None,)
-            for distill in distill_states:
-                for relight in (False, True):
-                    with request_adapters(wan_models.transformer, wan_models.relighting_adapter, relight, [], distill):
-                        seconds = warmup(wan_models.transformer, inputs)
-                    logger.info("compile warm-up (relighting %s, distillation %s): %.1f s",
-                                "on" if relight else "off", "on" if distill else "off", seconds)  # fmt: skip
+            warm_up_adapter_sets(wan_models, make_example_inputs(wan_models.transformer.config, 720, 1280, device=device))
     return Runtime(preset="full", device=device, preprocess_models=preprocess_models, wan_models=wan_models, speed=speed)
+
+
+def warm_up_adapter_sets(wan_models: Any, inputs: dict[str, Any]) -> list[tuple[bool, bool, float]]:
+    """One forward per set of active adapters a request without user LoRAs can ask for: animation / replacement
+    (relighting), each with and without the distillation LoRA when loaded. Each set is one more graph of the compiled
+    blocks (relighting: measured ~8 s at 480p), paid here instead of by a first request; the distillation LoRA's
+    parameter differences are values only and compile nothing. Returns (relighting, distillation, seconds) per set."""
+    from .wan.lora import request_adapters
+    from .wan.speed import warmup
+
+    timings = []
+    for distill in (None, wan_models.distill) if wan_models.distill is not None else (None,):
+        for relight in (False, True):
+            with request_adapters(wan_models.transformer, wan_models.relighting_adapter, relight, [], distill):
+                seconds = warmup(wan_models.transformer, inputs)
+            timings.append((relight, distill is not None, seconds))
+            logger.info("compile warm-up (relighting %s, distillation %s): %.1f s",
+                        "on" if relight else "off", "on" if distill else "off", seconds)  # fmt: skip
+    return timings
 
 
 def preprocess_options(inp: AppInput) -> Any:

@@ -288,3 +288,32 @@ def test_cuda_switching_under_fp8_and_group_offload(release_file: Path, fp8: boo
     torch.testing.assert_close(offloaded, resident, rtol=0, atol=2e-2)
     torch.testing.assert_close(torch.cat(list(generate_clips(models, cond, plain_options))), plain, rtol=0, atol=2e-2)
     set_active_adapters(models.transformer, {})
+
+
+def test_setup_warm_up_compiles_each_adapter_set_once(tmp_path: Path, release_file: Path) -> None:
+    """The worker's warm-up visits animation / replacement with and without distillation: one graph of the blocks per
+    adapter set (and one of the face adapters, which carry no LoRA); requests in those sets then compile nothing."""
+    from torch._dynamo.utils import counters
+    from wan_animate.runtime import warm_up_adapter_sets
+
+    models = build_tiny_models()
+    relit = write_relighting_checkpoint(models.transformer, tmp_path / "relighting_lora.ckpt")
+    models.relighting_adapter = load_relighting_lora(models.transformer, relit)
+    models.distill = load_distill_lora(models.transformer, release_file)
+    inputs = speed.make_example_inputs(models.transformer.config, 64, 64, num_frames=5, dtype=torch.float32, seed=3)
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        speed.compile_blocks(models.transformer, backend="aot_eager")
+        timings = warm_up_adapter_sets(models, inputs)
+        assert [(relight, distill) for relight, distill, _ in timings] == [
+            (False, False), (True, False), (False, True), (True, True)
+        ]  # fmt: skip
+        graphs = counters["stats"]["unique_graphs"]
+        assert graphs == 4 + 1
+        for relight, distill, _ in reversed(timings):
+            with request_adapters(models.transformer, models.relighting_adapter, relight, [], models.distill if distill else None):
+                speed.run_forward(models.transformer, inputs)
+        assert counters["stats"]["unique_graphs"] == graphs
+    finally:
+        torch._dynamo.reset()

@@ -189,6 +189,12 @@ def test_switching_on_changes_the_output_and_off_restores_every_parameter_bit_ex
     with pytest.raises(RuntimeError, match="boom"), request_adapters(models.transformer, None, False, [], distill):
         raise RuntimeError("boom")
     assert torch.equal(forward(models.transformer), plain)
+    # Applying is all or nothing: a parameter that cannot take its difference leaves none applied.
+    distill.deltas["blocks.0.not_a_parameter"] = torch.zeros(1)
+    with pytest.raises(KeyError), request_adapters(models.transformer, None, False, [], distill):
+        pass
+    del distill.deltas["blocks.0.not_a_parameter"]
+    assert not distill.applied and torch.equal(forward(models.transformer), plain)
 
 
 def test_diffusers_own_converter_would_drop_differences(release_file: Path) -> None:

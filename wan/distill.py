@@ -150,13 +150,17 @@ class DistillLora:
     def apply(self, transformer: torch.nn.Module) -> None:
         if self.applied:
             raise RuntimeError("the distillation LoRA's parameter differences are already applied")
-        for name, delta in self.deltas.items():
-            param = find_parameter(transformer, name)
-            if type(param.data) is not torch.Tensor:  # e.g. a torchao FP8 weight: no plain addition
-                raise TypeError(f"{name} is a {type(param.data).__name__}; cannot add the LoRA's difference to it")
-            self.saved[name] = param.detach().clone()
-            updated = param.detach().float() + self.strength * delta.to(device=param.device, dtype=torch.float32)
-            param.copy_(updated.to(param.dtype))
+        try:
+            for name, delta in self.deltas.items():
+                param = find_parameter(transformer, name)
+                if type(param.data) is not torch.Tensor:  # e.g. a torchao FP8 weight: no plain addition
+                    raise TypeError(f"{name} is a {type(param.data).__name__}; cannot add the LoRA's difference to it")
+                self.saved[name] = param.detach().clone()
+                updated = param.detach().float() + self.strength * delta.to(device=param.device, dtype=torch.float32)
+                param.copy_(updated.to(param.dtype))
+        except BaseException:
+            self.restore(transformer)  # all or nothing
+            raise
 
     @torch.no_grad()
     def restore(self, transformer: torch.nn.Module) -> None:

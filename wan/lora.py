@@ -62,17 +62,22 @@ def lora_state_dict(source: Path | dict[str, torch.Tensor]) -> dict[str, torch.T
     return state
 
 
+_COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
 def _cast_adapter(transformer: torch.nn.Module, adapter_name: str) -> None:
     """Adapter weights in the dtype of the layer they adapt: bf16 in the blocks (the official run computes them under
-    bf16 autocast), float32 where diffusers keeps the layer in float32 (the time embedder)."""
+    bf16 autocast), float32 where diffusers keeps the layer in float32 (the time embedder); over a quantized layer,
+    the model's compute dtype."""
+    default = transformer.patch_embedding.weight.dtype  # never quantized
     for module in transformer.modules():
-        base = getattr(module, "base_layer", None)
-        weight = getattr(base, "weight", None)
-        if weight is None or not weight.is_floating_point():
+        weight = getattr(getattr(module, "base_layer", None), "weight", None)
+        if weight is None:
             continue
+        dtype = weight.dtype if type(weight.data) is torch.Tensor and weight.dtype in _COMPUTE_DTYPES else default
         for layers in (getattr(module, "lora_A", {}), getattr(module, "lora_B", {})):
             if adapter_name in layers:
-                layers[adapter_name].to(weight.dtype)
+                layers[adapter_name].to(dtype)
 
 
 def _check_loaded(transformer: torch.nn.Module, state: dict[str, torch.Tensor], adapter_name: str) -> None:

@@ -135,7 +135,7 @@ class AppInput(BaseAppInput):
     )
     distill: bool = Field(
         default=False,
-        description="4-step distillation: LightX2V's step + CFG distillation LoRA for Wan 2.1 I2V 14B, about 5x fewer "
+        description="4-step distillation: LightX2V's step + CFG distillation LoRA for Wan 2.1 I2V 14B, 5x fewer "
         "forwards than the default 20 steps, slightly different look. Unless set explicitly: sampling_steps=4, "
         "shift=5, sample_solver='euler', guide_scale=1 (the LoRA authors' settings). Needs a worker set up with "
         "distill_lora.",

@@ -64,19 +64,15 @@ def release_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_lightx2v_lora(build_tiny_models().transformer, tmp_path_factory.mktemp("distill") / "lora.safetensors")
 
 
-def test_layout_is_the_releases_byte_for_byte() -> None:
+def test_layout_is_the_releases_byte_for_byte(tmp_path: Path) -> None:
     """The layout written for the 14B model has the release's tensor counts and serialises to its exact size."""
     from accelerate import init_empty_weights
     from diffusers import WanAnimateTransformer3DModel
     from wan_animate.wan.models import ANIMATE_14B_DIFFUSERS_CONFIG
 
     small = {"b.weight": (3, 5), "a.diff_b": (7,), "c.lora_up.weight": (2, 2)}  # the size formula, checked
-    path = Path(__file__).parent / ".size_check.safetensors"
-    try:
-        save_file({k: torch.zeros(s, dtype=torch.bfloat16) for k, s in small.items()}, str(path))
-        assert path.stat().st_size == safetensors_bytes(small)
-    finally:
-        path.unlink(missing_ok=True)
+    save_file({k: torch.zeros(s, dtype=torch.bfloat16) for k, s in small.items()}, str(tmp_path / "small.safetensors"))
+    assert (tmp_path / "small.safetensors").stat().st_size == safetensors_bytes(small)
 
     with init_empty_weights():
         model = WanAnimateTransformer3DModel.from_config(ANIMATE_14B_DIFFUSERS_CONFIG)

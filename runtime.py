@@ -162,6 +162,11 @@ def load_runtime(setup: AppSetup) -> Runtime:
     if setup.preset == "smoke":
         logger.warning("preset 'smoke': tiny RANDOM weights, the output video is noise (for testing the path only)")
         wan_models = build_tiny_models(device=device, dtype=torch.float32)
+        if setup.distill_lora:  # a random LoRA in the release's layout, through the real loader
+            from .wan.distill import load_distill_lora
+            from .wan.testing import lightx2v_lora_tensors
+
+            wan_models.distill = load_distill_lora(wan_models.transformer, lightx2v_lora_tensors(wan_models.transformer))
         if context_parallel is not None:
             from .wan.parallel import enable_context_parallel
 
@@ -177,7 +182,7 @@ def load_runtime(setup: AppSetup) -> Runtime:
     from .weights import fetch_all
 
     cache_dir = Path(setup.cache_dir) if setup.cache_dir else None
-    paths = fetch_all(cache_dir, with_flux=setup.enable_flux)
+    paths = fetch_all(cache_dir, with_flux=setup.enable_flux, with_distill=setup.distill_lora)
     preprocess_models = load_preprocess_models(paths, device)
     wan_models = load_models(
         paths, device=device, dtype=torch.bfloat16, offload="model" if setup.offload_model else "none"
@@ -195,8 +200,7 @@ def load_runtime(setup: AppSetup) -> Runtime:
         if setup.compile or setup.attention != "default":
             logger.info("offloaded worker: compile and attention=%r are not applied", setup.attention)
     elif device.type == "cuda":
-        from .wan.lora import request_adapters
-        from .wan.speed import CompileBudget, SpeedOptions, apply_speed_options, make_example_inputs, warmup
+        from .wan.speed import CompileBudget, SpeedOptions, apply_speed_options, make_example_inputs
 
         speed = SpeedOptions(
             fp8_linears=setup.fp8,
@@ -210,13 +214,7 @@ def load_runtime(setup: AppSetup) -> Runtime:
             budget = CompileBudget.below_recompile_limit()
             height, width = _warmup_size(dist)
             inputs = make_example_inputs(wan_models.transformer.config, height, width, device=device)
-            budget.admit(forward_signature(height, width, 77, ()))
-            logger.info("compile warm-up: %.1f s", warmup(wan_models.transformer, inputs))
-            # Replacement requests switch the relighting adapter on: one more graph (measured ~8 s at 480p), paid now.
-            if wan_models.relighting_adapter is not None:
-                budget.admit(forward_signature(height, width, 77, (wan_models.relighting_adapter,)))
-                with request_adapters(wan_models.transformer, wan_models.relighting_adapter, True, []):
-                    logger.info("compile warm-up (relighting on): %.1f s", warmup(wan_models.transformer, inputs))
+            warm_up_adapter_sets(wan_models, inputs, budget)
     elif context_parallel is not None:  # full preset on CPU: only useful for tests
         from .wan.parallel import enable_context_parallel
 
@@ -230,6 +228,35 @@ def load_runtime(setup: AppSetup) -> Runtime:
         compile_budget=budget,
         dist=dist,
     )
+
+
+def warm_up_adapter_sets(
+    wan_models: Any, inputs: dict[str, Any], budget: Any = None
+) -> list[tuple[bool, bool, float]]:
+    """One forward per set of active adapters a request without user LoRAs can ask for: animation / replacement
+    (relighting), each with and without the distillation LoRA when loaded. Each set is one more graph of the compiled
+    blocks (relighting: measured ~8 s at 480p), paid here instead of by a first request, and recorded in `budget`
+    (a wan.speed.CompileBudget) as compiled; the distillation LoRA's parameter differences are values only and
+    compile nothing. Returns (relighting, distillation, seconds) per set."""
+    from .wan.lora import request_adapters
+    from .wan.speed import warmup
+
+    _, _, height, width = inputs["hidden_states"].shape[1:]
+    clip_len = inputs["face_pixel_values"].shape[2]
+    timings = []
+    for distill in (None, wan_models.distill) if wan_models.distill is not None else (None,):
+        for relight in (False, True):
+            if relight and wan_models.relighting_adapter is None:
+                continue
+            if budget is not None:
+                adapters = request_adapter_names(wan_models, relight, distill is not None)
+                budget.admit(forward_signature(height * 8, width * 8, clip_len, adapters))
+            with request_adapters(wan_models.transformer, wan_models.relighting_adapter, relight, [], distill):
+                seconds = warmup(wan_models.transformer, inputs)
+            timings.append((relight, distill is not None, seconds))
+            logger.info("compile warm-up (relighting %s, distillation %s): %.1f s",
+                        "on" if relight else "off", "on" if distill else "off", seconds)  # fmt: skip
+    return timings
 
 
 def preprocess_options(inp: AppInput) -> Any:
@@ -252,20 +279,25 @@ def preprocess_options(inp: AppInput) -> Any:
 def generation_options(inp: AppInput, seed: int, loras: list[tuple[Path, float]]) -> Any:
     from .wan import GenerationOptions
 
+    sampling = inp.sampling_settings()  # with distill: the LoRA's settings where the request set none
+    if inp.distill and sampling["guide_scale"] > 1.0:
+        logger.warning("distill with guide_scale %g: the LoRA is CFG-distilled (its authors: guidance off)",
+                       sampling["guide_scale"])  # fmt: skip
     return GenerationOptions(
         mode=inp.mode,
         clip_len=inp.clip_len,
         refert_num=inp.refert_num,
-        shift=inp.shift,
-        sample_solver=inp.sample_solver,
-        sampling_steps=inp.sampling_steps,
-        guide_scale=inp.guide_scale,
+        shift=sampling["shift"],
+        sample_solver=sampling["sample_solver"],
+        sampling_steps=sampling["sampling_steps"],
+        guide_scale=sampling["guide_scale"],
         seed=seed,
         prompt=inp.input_prompt,
         n_prompt=inp.n_prompt,
         color_match=inp.color_match,
         offload=inp.offload_model,
         loras=loras,
+        distill=inp.distill,
     )
 
 
@@ -318,6 +350,16 @@ def forward_signature(height: int, width: int, clip_len: int, adapters: tuple[st
     return (height, width, clip_len, tuple(sorted(adapters)))
 
 
+def request_adapter_names(wan_models: Any, relighting: bool, distill: bool) -> tuple[str, ...]:
+    """The setup adapters a request switches on (relighting in replacement mode, the distillation LoRA's adapter)."""
+    names = []
+    if relighting and wan_models.relighting_adapter is not None:
+        names.append(wan_models.relighting_adapter)
+    if distill and wan_models.distill is not None:
+        names.append(wan_models.distill.adapter_name or "distill-differences")
+    return tuple(names)
+
+
 def runs_compiled(runtime: Runtime, inp: AppInput, height: int, width: int, loras: list[tuple[Path, float]]) -> bool:
     """Whether this request may use the compiled blocks, or must run them eagerly (they come back after it).
 
@@ -333,8 +375,7 @@ def runs_compiled(runtime: Runtime, inp: AppInput, height: int, width: int, lora
     if loras:
         logger.info("user LoRAs: the transformer blocks run uncompiled for this request")
         return False
-    relighting = runtime.wan_models.relighting_adapter
-    adapters = (relighting,) if inp.mode == "replacement" and relighting is not None else ()
+    adapters = request_adapter_names(runtime.wan_models, inp.mode == "replacement", inp.distill)
     if runtime.compile_budget.admit(forward_signature(height, width, inp.clip_len, adapters)):
         return True
     logger.info(

@@ -17,6 +17,10 @@ logger = logging.getLogger(__name__)
 WAN_ANIMATE_REPO = "Wan-AI/Wan2.2-Animate-14B"  # the original release: bf16 DiT shards, LoRA, preprocess models
 WAN_ANIMATE_DIFFUSERS_REPO = "Wan-AI/Wan2.2-Animate-14B-Diffusers"  # HF-format VAE, UMT5, CLIP vision
 FLUX_KONTEXT_REPO = "black-forest-labs/FLUX.1-Kontext-dev"  # gated: needs an accepted licence + HF_TOKEN
+# LightX2V's step + CFG distillation LoRAs for Wan 2.1 (Apache-2.0); the I2V one is what LightX2V's own Wan-Animate
+# config (configs/wan22/wan_animate_lora.json) loads.
+DISTILL_LORA_REPO = "lightx2v/Wan2.1-Distill-Loras"
+DISTILL_LORA_FILE = "wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors"
 
 # Revisions are pinned per repo. "main" is used where no commit hash could be resolved while building
 # (the Hub is unreachable from the build machine); set WAN_ANIMATE_REVISION_<NAME> to a commit hash to pin.
@@ -56,6 +60,9 @@ IMAGE_ENCODER = HubComponent("image_encoder", WAN_ANIMATE_DIFFUSERS_REPO, ("imag
 # The release's own SAM 2.0 hiera-large checkpoint (what the official preprocessing loads), converted in memory
 # to transformers' Sam2VideoModel by preprocess/masks.py.
 SAM2 = HubComponent("sam2", WAN_ANIMATE_REPO, ("process_checkpoint/sam2/sam2_hiera_large.pt",), 0.9)
+# 739,472,104 bytes at commit 27ae38da91014b947dd39cc3fa78b97cd7b386dd (as a third-party manifest records it; not
+# checked from here): pin it with WAN_ANIMATE_REVISION_DISTILL_LORA once verified.
+DISTILL_LORA = HubComponent("distill_lora", DISTILL_LORA_REPO, (DISTILL_LORA_FILE,), 0.74)
 FLUX_KONTEXT = HubComponent(
     "flux_kontext",
     FLUX_KONTEXT_REPO,
@@ -143,12 +150,14 @@ class WeightPaths:
     pose_onnx: Path  # folder or file the official code passes to onnxruntime (vitpose_h_wholebody.onnx)
     sam2_checkpoint: Path  # sam2_hiera_large.pt (original SAM2 layout)
     flux_kontext_dir: Path | None = None
+    distill_lora: Path | None = None  # wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors (LightX2V layout)
 
 
-def fetch_all(cache_dir: Path | None = None, with_flux: bool = False) -> WeightPaths:
-    """Fetch every component setup needs (FLUX Kontext only when asked) and return their local paths."""
+def fetch_all(cache_dir: Path | None = None, with_flux: bool = False, with_distill: bool = False) -> WeightPaths:
+    """Fetch every component setup needs (FLUX Kontext and the distillation LoRA only when asked); their local paths."""
     roots = {c.name: fetch_component(c, cache_dir) for c in CORE_COMPONENTS}
     flux_dir = fetch_component(FLUX_KONTEXT, cache_dir) if with_flux else None
+    distill = fetch_component(DISTILL_LORA, cache_dir) / DISTILL_LORA_FILE if with_distill else None
     return WeightPaths(
         transformer_dir=roots["transformer"],
         transformer_config=roots["transformer_config"] / "transformer" / "config.json",
@@ -158,4 +167,5 @@ def fetch_all(cache_dir: Path | None = None, with_flux: bool = False) -> WeightP
         pose_onnx=roots["pose"] / "process_checkpoint" / "pose2d" / "vitpose_h_wholebody.onnx",
         sam2_checkpoint=roots["sam2"] / "process_checkpoint" / "sam2" / "sam2_hiera_large.pt",
         flux_kontext_dir=flux_dir,
+        distill_lora=distill,
     )

@@ -3,9 +3,18 @@
 Builds every component at its real size (Wan-Animate DiT 17.3B, UMT5-XXL encoder, CLIP ViT-H/14, Wan 2.1 VAE)
 straight on the GPU in its load dtype, then runs the app's own loop (`wan.generate`) on a synthetic 77-frame
 conditioning: text/CLIP/VAE encode, N denoising steps, VAE decode. Prints per-stage times and peak memory, and
-writes them as JSON + markdown under --out.
+writes them as JSON under --out.
 
     python benchmarks/bench_clip_e2e.py --height 480 --width 832 --steps 4 [--fast] --out $OUT
+
+`--runs default,distill` times clips one after the other in the same process: `default` is --steps steps of the
+default sampler (dpm++), `distill` LightX2V's 4-step distillation LoRA path (a random rank-64 LoRA in the release's
+layout, loaded the app's way before the speed options; the LoRA's 4 Euler steps, shift 5, guide 1). With --warmup each
+run's adapter set is compiled / warmed with one forward first (the app does that at setup), so total_clip_s is what a
+request sees. The two runs' outputs are NOT compared: with random weights the frames of either path are noise and their
+difference says nothing about the real distilled model's fidelity.
+
+    python benchmarks/bench_clip_e2e.py --height 720 --width 1280 --steps 20 --fast --warmup --runs default,distill --out $OUT
 """
 
 from __future__ import annotations
@@ -102,8 +111,14 @@ def main() -> int:
     parser.add_argument("--offload", action="store_true", help="offload 'model': encoders/VAE idle on CPU, blocks streamed")
     parser.add_argument("--offload-first", action="store_true",
                         help="with --offload --fp8: offload first, then FP8 block by block (the app's load order)")
+    parser.add_argument("--runs", default="default",
+                        help="comma list of 'default' (--steps steps, dpm++) and 'distill' (the distillation LoRA's path)")
+    parser.add_argument("--warmup", action="store_true", help="one untimed forward per run's adapter set first")
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     args = parser.parse_args()
+    runs = [run.strip() for run in args.runs.split(",") if run.strip()]
+    if not runs or set(runs) - {"default", "distill"}:
+        parser.error("--runs takes 'default' and/or 'distill'")
 
     register_app_package()
     sys.path.insert(0, str(APP_ROOT / "benchmarks"))
@@ -116,6 +131,10 @@ def main() -> int:
     torch.cuda.synchronize()
     build_s = time.perf_counter() - t0
     weights_gib = torch.cuda.memory_allocated() / 2**30
+    distill_load_s = None
+    if "distill" in runs:  # loaded before the speed options and offloading, as load_models does
+        distill_load_s = load_random_distill_lora(models)
+        print(f"distillation LoRA (random, release layout) loaded in {distill_load_s:.1f} s", flush=True)
     compile_s = 0.0
     if args.offload_first:
         from wan_animate.wan.offload import place_models
@@ -143,6 +162,80 @@ def main() -> int:
         models.offload = "model"
         torch.cuda.empty_cache()
     cond = synthetic_conditioning(args.frames, args.height, args.width, 30.0)
+    setup = {
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "resolution": f"{args.width}x{args.height}",
+        "frames": args.frames,
+        "fast_path": args.fast,
+        "fp8_linears": args.fp8,
+        "compiled": args.fast and not args.no_compile,
+        "offload": args.offload,
+        "build_s": round(build_s, 1),
+        "weights_gib": round(weights_gib, 1),
+        "apply_speed_s": round(compile_s, 2),
+        "distill_lora_load_s": round(distill_load_s, 1) if distill_load_s is not None else None,
+    }
+    results = []
+    for run in runs:
+        options = run_options(run, args, GenerationOptions)
+        warmup_s = warm_up(models, options, args) if args.warmup else None
+        result = {**setup, "run": run, **time_clip(models, cond, options, generate, args.frames), "warmup_s": warmup_s}
+        if run == "distill":
+            result["deviation"] = "not measured: random weights (both paths give noise; no fidelity signal)"
+        results.append(result)
+        (args.out / f"e2e_{run}.json").write_text(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2), flush=True)
+    if len(results) > 1:
+        by_run = {r["run"]: r for r in results}
+        if {"default", "distill"} <= set(by_run):
+            ratio = by_run["default"]["total_clip_s"] / by_run["distill"]["total_clip_s"]
+            print(f"whole clip: default {by_run['default']['total_clip_s']} s, distill {by_run['distill']['total_clip_s']} s "
+                  f"({ratio:.2f}x)", flush=True)  # fmt: skip
+    (args.out / "e2e.json").write_text(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+    return 0
+
+
+def load_random_distill_lora(models: Any, rank: int = 64, scale: float = 1e-3) -> float:
+    """A random distillation LoRA in the release's layout (487 rank-64 pairs + 775 differences, bf16), made on the
+    GPU and loaded through the app's loader; returns seconds."""
+    from wan_animate.wan.distill import load_distill_lora
+    from wan_animate.wan.testing import lightx2v_lora_tensors
+
+    start = time.perf_counter()
+    state = lightx2v_lora_tensors(models.transformer, rank=rank, seed=0, scale=scale, device=models.device)
+    models.distill = load_distill_lora(models.transformer, state)
+    del state
+    torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def run_options(run: str, args: argparse.Namespace, options_class: Any) -> Any:
+    """GenerationOptions of one run: `default` at --steps, `distill` with the LoRA's recommended sampling."""
+    common = dict(clip_len=args.frames, seed=0, color_match=False, offload="model" if args.offload else "none")
+    if run == "distill":
+        from wan_animate.wan.distill import RECOMMENDED_SAMPLING
+
+        return options_class(distill=True, **common, **RECOMMENDED_SAMPLING)
+    return options_class(sampling_steps=args.steps, **common)
+
+
+def warm_up(models: Any, options: Any, args: argparse.Namespace) -> float:
+    """One forward of the clip's shape with the run's adapters active (compiles that adapter set's graph)."""
+    from wan_animate.wan.lora import request_adapters
+    from wan_animate.wan.speed import make_example_inputs, warmup
+
+    if args.offload:
+        return 0.0  # offloaded blocks run eagerly: nothing to compile
+    config = models.transformer.config
+    inputs = make_example_inputs(config, args.height, args.width, args.frames, device=models.device, dtype=models.dtype)
+    with request_adapters(models.transformer, None, False, [], models.distill if options.distill else None):
+        return round(warmup(models.transformer, inputs), 2)
+
+
+def time_clip(models: Any, cond: Any, options: Any, generate: Any, frames: int) -> dict[str, Any]:
+    """Run one clip through the app's loop; stage times and peak memory."""
     step_times: list[float] = []
 
     def on_step(segment: int, num_segments: int, step: int, num_steps: int) -> None:
@@ -150,30 +243,18 @@ def main() -> int:
         step_times.append(time.perf_counter())
 
     torch.cuda.reset_peak_memory_stats()
-    options = GenerationOptions(
-        clip_len=args.frames, sampling_steps=args.steps, seed=0, color_match=False,
-        offload="model" if args.offload else "none",
-    )  # fmt: skip
     start = time.perf_counter()
-    frames = [clip for clip in generate(models, cond, options, on_step=on_step)]
+    clips = [clip for clip in generate(models, cond, options, on_step=on_step)]
     torch.cuda.synchronize()
     end = time.perf_counter()
-    out_frames = sum(int(f.shape[0]) for f in frames)
-    assert out_frames == args.frames, (out_frames, args.frames)
+    out_frames = sum(int(c.shape[0]) for c in clips)
+    assert out_frames == frames, (out_frames, frames)
     step_s = [b - a for a, b in zip(step_times[:-1], step_times[1:], strict=True)]
-    result = {
-        "device": torch.cuda.get_device_name(0),
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "resolution": f"{args.width}x{args.height}",
-        "frames": args.frames,
-        "steps": args.steps,
-        "fast_path": args.fast,
-        "fp8_linears": args.fp8,
-        "compiled": args.fast and not args.no_compile,
-        "offload": args.offload,
-        "build_s": round(build_s, 1),
-        "weights_gib": round(weights_gib, 1),
+    return {
+        "steps": options.sampling_steps,
+        "sampler": options.sample_solver,
+        "shift": options.shift,
+        "guide_scale": options.guide_scale,
         "encode_s (text+clip+vae, to end of step 1)": round(step_times[0] - start, 2),
         "first_step_included_above": True,
         "median_step_s (steps 2..N)": round(float(np.median(step_s)), 3) if step_s else None,
@@ -181,11 +262,7 @@ def main() -> int:
         "total_clip_s": round(end - start, 2),
         "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 1),
-        "apply_speed_s": round(compile_s, 2),
     }
-    (args.out / "e2e.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2), flush=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -180,3 +180,13 @@ def test_use_flux_on_a_worker_without_flux_is_refused_before_any_work(smoke_app:
     with pytest.raises(inference.InputError) as info:
         run_ok(smoke_app, retarget_flag=True, use_flux=True)
     assert (info.value.code, info.value.field) == ("flux_unavailable", "use_flux")
+
+
+def test_distill_on_a_worker_without_the_lora_is_refused_before_any_work(smoke_app: object, monkeypatch) -> None:
+    pipeline = import_app_module("preprocess.pipeline")
+    monkeypatch.setattr(pipeline, "probe_video", lambda *a, **k: pytest.fail("the video was opened"))
+    monkeypatch.setattr(smoke_app.runtime.wan_models, "distill", None)  # a worker set up with distill_lora=false
+    with pytest.raises(inference.InputError) as info:
+        run_ok(smoke_app, distill=True)
+    assert (info.value.code, info.value.field) == ("distill_unavailable", "distill")
+    assert "distill_lora" in str(info.value)

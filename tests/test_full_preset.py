@@ -1,7 +1,7 @@
 """The `full` preset's real loading path, offline: a fake Hub cache holding tiny checkpoints written in the release's
 own file formats (sharded original-layout DiT + index, relighting .ckpt, YOLOv10/ViTPose ONNX in the release's
-folder layout, the original SAM2 .pt, HF-format VAE/UMT5/CLIP/tokenizer, the transformer's diffusers config), then
-App.setup(preset="full") and a request through it."""
+folder layout, the original SAM2 .pt, HF-format VAE/UMT5/CLIP/tokenizer, the transformer's diffusers config, LightX2V's
+distillation LoRA in its release layout), then App.setup(preset="full") and requests through it."""
 
 from __future__ import annotations
 
@@ -61,6 +61,9 @@ def write_release(cache: Path) -> torch.nn.Module:
     tiny.image_processor.save_pretrained(diffusers_repo / "image_processor")
     (diffusers_repo / "transformer").mkdir()
     (diffusers_repo / "transformer" / "config.json").write_text(tiny.transformer.to_json_string())
+
+    distill_repo = snapshot(cache, weights.DISTILL_LORA_REPO)
+    testing.write_lightx2v_lora(tiny.transformer, distill_repo / weights.DISTILL_LORA_FILE, rank=4, seed=1)
     return tiny.transformer
 
 
@@ -80,7 +83,14 @@ def test_setup_loads_every_component_from_the_cache(full_app: tuple[object, torc
     app, source = full_app
     models = app.runtime.wan_models
     assert app.runtime.preset == "full" and models.relighting_adapter is not None
-    # PEFT wraps the linears the relighting LoRA targets: their weights sit under `.base_layer.`.
+    # The distillation LoRA: every pair an adapter layer, every difference kept for its parameter, all inactive.
+    from safetensors.torch import load_file
+
+    distill_file = next(Path(app.setup_options.cache_dir).glob(f"models--lightx2v--*/snapshots/*/{weights.DISTILL_LORA_FILE}"))
+    state = load_file(str(distill_file))
+    adapted = [m for m in models.transformer.modules() if models.distill.adapter_name in getattr(m, "lora_A", {})]
+    assert 2 * len(adapted) + len(models.distill.deltas) == len(state) and not models.distill.applied
+    # PEFT wraps the linears the LoRAs target: their weights sit under `.base_layer.`.
     loaded = {k.replace(".base_layer.", "."): v for k, v in models.transformer.state_dict().items() if "lora_" not in k}
     # The original layout converts back to the same weights, at bf16 precision (the release is bf16; the loader
     # reads it in bf16 and restores float32 storage for the modules diffusers keeps in float32).
@@ -92,12 +102,18 @@ def test_setup_loads_every_component_from_the_cache(full_app: tuple[object, torc
     assert models.text_encoder.config.d_model == 32  # the tiny UMT5 written above, not a default
 
 
-@pytest.mark.parametrize("mode", ["animation", "replacement"])
-def test_a_request_runs_through_the_full_preset(full_app: tuple[object, torch.nn.Module], mode: str) -> None:
+@pytest.mark.parametrize(("mode", "distill"), [("animation", False), ("replacement", False), ("replacement", True)])
+def test_a_request_runs_through_the_full_preset(
+    full_app: tuple[object, torch.nn.Module], mode: str, distill: bool
+) -> None:
     app, _ = full_app
+    # distill (with relighting in replacement mode): the LoRA's own 4 Euler steps
+    steps = {} if distill else {"sampling_steps": 1}
     request = inference.AppInput(
         driving_video={"path": str(EXAMPLE / "driving.mp4")}, reference_image={"path": str(EXAMPLE / "reference.jpg")},
-        mode=mode, resolution_width=512, resolution_height=512, fps=2, clip_len=5, sampling_steps=1, seed=5,
+        mode=mode, resolution_width=512, resolution_height=512, fps=2, clip_len=5, seed=5, distill=distill, **steps,
     )  # fmt: skip
     output = asyncio.run(app.run(request))
     assert Path(output.video.path).is_file() and output.num_frames == 4
+    assert output.output_meta.outputs[0].extra["sampling_steps"] == (4 if distill else 1)
+    assert not app.runtime.wan_models.distill.applied

@@ -26,7 +26,26 @@ def test_defaults_are_the_documented_ones() -> None:
     assert (inp.sampling_steps, inp.guide_scale, inp.seed) == (20, 1.0, -1)
     assert (inp.mask_iterations, inp.mask_kernel_size, inp.mask_w_subdivisions, inp.mask_h_subdivisions) == (3, 7, 1, 1)
     assert inp.input_prompt == "" and inp.n_prompt == "" and inp.offload_model is False
-    assert inp.retarget_flag is False and inp.use_flux is False
+    assert inp.retarget_flag is False and inp.use_flux is False and inp.distill is False
+    assert inp.sampling_settings() == {"sampling_steps": 20, "shift": 5.0, "sample_solver": "dpm++", "guide_scale": 1.0}
+
+
+def test_distill_brings_the_loras_settings_where_the_request_has_defaults() -> None:
+    recommended = {"sampling_steps": 4, "shift": 5.0, "sample_solver": "euler", "guide_scale": 1.0}
+    assert make(distill=True).sampling_settings() == recommended
+    # Values other than the defaults win.
+    assert make(distill=True, sampling_steps=6).sampling_settings() == {**recommended, "sampling_steps": 6}
+    assert make(distill=True, sample_solver="unipc").sampling_settings() == {**recommended, "sample_solver": "unipc"}
+    explicit = dict(sampling_steps=8, shift=3.0, sample_solver="unipc", guide_scale=2.0)
+    assert make(distill=True, **explicit).sampling_settings() == explicit
+    # A client that sends every field with its default (a form) still gets the LoRA's settings.
+    every_default = dict(sampling_steps=20, shift=5.0, sample_solver="dpm++", guide_scale=1.0)
+    assert make(distill=True, **every_default).sampling_settings() == recommended
+    parsed = AppInput.model_validate_json('{"driving_video": {"path": "/tmp/d.mp4"}, "reference_image": '
+                                          '{"path": "/tmp/r.png"}, "distill": true, "shift": 8, '
+                                          '"sampling_steps": 20, "sample_solver": "dpm++"}')  # fmt: skip
+    assert parsed.sampling_settings() == {**recommended, "shift": 8.0}
+    assert make(sampling_steps=6).sampling_settings()["sampling_steps"] == 6  # without distill: as given
 
 
 @pytest.mark.parametrize(
@@ -38,7 +57,7 @@ def test_defaults_are_the_documented_ones() -> None:
         ("clip_len", [5, 77, 81, 121], [4, 6, 76, 78, 125, 1]),
         ("refert_num", [1, 5], [0, 2, 77]),
         ("shift", [0.1, 20.0], [0.0, 20.1]),
-        ("sample_solver", ["dpm++", "unipc"], ["euler", "dpm"]),
+        ("sample_solver", ["dpm++", "unipc", "euler"], ["lcm", "dpm"]),
         ("sampling_steps", [1, 100], [0, 101]),
         ("guide_scale", [1.0, 20.0], [0.99, 20.5]),
         ("seed", [-1, 0, 2**32 - 1], [-2, 2**32]),
@@ -100,7 +119,7 @@ def test_schema_lists_every_input_with_description() -> None:
         "driving_video", "reference_image", "mode", "resolution_width", "resolution_height", "fps", "retarget_flag",
         "use_flux", "clip_len", "refert_num", "shift", "sample_solver", "sampling_steps", "guide_scale", "seed",
         "input_prompt", "n_prompt", "offload_model", "mask_iterations", "mask_kernel_size", "mask_w_subdivisions",
-        "mask_h_subdivisions",
+        "mask_h_subdivisions", "distill",
     }  # fmt: skip
     assert expected <= set(schema["properties"])
     for name in expected:
@@ -121,6 +140,7 @@ def test_output_and_setup_schemas() -> None:
         inference.AppSetup(context_parallel="tensor")
     setup_schema = inference.AppSetup.model_json_schema()["properties"]
     assert all(field.get("description") for field in setup_schema.values())
+    assert setup.distill_lora is True  # 0.74 GB, and what most requests will want
 
 
 @settings(max_examples=200, deadline=None)

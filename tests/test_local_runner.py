@@ -130,3 +130,26 @@ def test_torchrun_two_processes_write_the_same_video_once(smoke_run: tuple[int, 
         k: single[k] for k in ("num_frames", "width", "height", "seed")
     }
     np.testing.assert_array_equal(frames(out / "video.mp4"), frames(Path(single["video"]["path"])))
+
+
+def test_distill_request_runs_end_to_end_with_the_loras_settings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`distill: true` alone: the smoke worker's distillation LoRA (random, in the release's layout) and 4 steps."""
+    request = json.loads((EXAMPLE / "input.json").read_text())
+    del request["sampling_steps"]  # the example sets 2: left out, distill brings its own 4
+    request.update(
+        driving_video={"path": str(EXAMPLE / "driving.mp4")}, reference_image={"path": str(EXAMPLE / "reference.jpg")},
+        mode="replacement", fps=4, clip_len=5, distill=True,
+    )  # fmt: skip
+    path = tmp_path / "input.json"
+    path.write_text(json.dumps(request))
+    out = tmp_path / "out"
+    with caplog.at_level("INFO", logger="wan_animate"):
+        assert main(["run", str(path), "--setup", str(EXAMPLE / "setup.json"), "--output-dir", str(out)]) == 0
+    steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("generate: clip")]
+    assert len(steps) == 2 * 4 and all("/4 (" in line for line in steps)  # 2 clips of 5 frames (1 carried), 4 steps
+    result = json.loads((out / "output.json").read_text())
+    assert result["num_frames"] == 8 and count_frames(Path(result["video"]["path"])) == 8
+    extra = result["output_meta"]["outputs"][0]["extra"]
+    assert (extra["distill"], extra["sampling_steps"], extra["guide_scale"]) == (True, 4, 1.0)

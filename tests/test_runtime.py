@@ -27,7 +27,7 @@ def compiled_runtime(max_signatures: int) -> object:
         preset="full",
         device="cuda",
         preprocess_models=None,
-        wan_models=SimpleNamespace(relighting_adapter="relighting"),
+        wan_models=SimpleNamespace(relighting_adapter="relighting", distill=SimpleNamespace(adapter_name="distill")),
         speed=speed.SpeedOptions(),
         compile_budget=speed.CompileBudget(max_signatures=max_signatures),
     )
@@ -46,6 +46,14 @@ def test_relighting_is_part_of_the_signature() -> None:
     rt = compiled_runtime(max_signatures=1)
     assert runtime_module.runs_compiled(rt, request(), 720, 1280, [])
     assert not runtime_module.runs_compiled(rt, request(mode="replacement"), 720, 1280, [])
+
+
+def test_the_distillation_adapter_is_part_of_the_signature() -> None:
+    rt = compiled_runtime(max_signatures=2)
+    assert runtime_module.runs_compiled(rt, request(), 720, 1280, [])
+    assert runtime_module.runs_compiled(rt, request(distill=True), 720, 1280, [])
+    assert not runtime_module.runs_compiled(rt, request(distill=True, mode="replacement"), 720, 1280, [])
+    assert rt.compile_budget.compiled == {(720, 1280, 77, ()), (720, 1280, 77, ("distill",))}
 
 
 def test_offload_and_user_loras_run_eagerly_without_spending_the_budget() -> None:

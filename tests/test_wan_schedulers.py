@@ -107,4 +107,44 @@ def test_unipc_first_step_matches_the_formula() -> None:
 
 def test_unknown_solver_is_refused() -> None:
     with pytest.raises(ValueError, match="sample_solver"):
-        make_scheduler("euler", 5.0)  # type: ignore[arg-type]
+        make_scheduler("lcm", 5.0)  # type: ignore[arg-type]
+
+
+def test_euler_grid_is_the_step_distillation_list() -> None:
+    """LightX2V's 4-step distillation: denoising_step_list [1000, 750, 500, 250], sample_shift 5; the transformer sees
+    1000 * shift(t / 1000), unrounded, and the last step lands on sigma 0."""
+    scheduler = make_scheduler("euler", 5.0)
+    scheduler.set_timesteps(4, device="cpu")
+    expected = [shifted(t / 1000, 5.0) for t in (1000, 750, 500, 250)]  # 1, 15/16, 5/6, 5/8
+    assert expected[:2] == [1.0, 0.9375] and expected[3] == 0.625 and abs(expected[2] - 5 / 6) < 1e-15
+    np.testing.assert_array_equal(scheduler.sigmas.numpy(), np.array(expected + [0.0], dtype=np.float32))
+    assert scheduler.timesteps.dtype == torch.float32
+    np.testing.assert_array_equal(scheduler.timesteps.numpy(), np.array([1000 * s for s in expected], dtype=np.float32))
+    assert scheduler.timesteps[1].item() == 937.5  # the dpm++ path would truncate this to 937
+
+
+@pytest.mark.parametrize("steps,shift", [(1, 5.0), (8, 5.0), (6, 3.0)])
+def test_euler_grid_for_other_step_counts(steps: int, shift: float) -> None:
+    scheduler = make_scheduler("euler", shift)
+    scheduler.set_timesteps(steps)
+    expected = [shifted(1 - i / steps, shift) for i in range(steps)] + [0.0]
+    np.testing.assert_array_equal(scheduler.sigmas.numpy(), np.array(expected, dtype=np.float32))
+
+
+def test_euler_steps_are_x_plus_dsigma_v_and_end_at_the_x0_estimate() -> None:
+    scheduler = make_scheduler("euler", 5.0)
+    scheduler.set_timesteps(4)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 4, 2, 3, 3, generator=gen)
+    velocities = [torch.randn(1, 4, 2, 3, 3, generator=gen) for _ in range(4)]
+    sig = [1.0, 0.9375, 5 / 6, 0.625, 0.0]
+    got, expected = x.clone(), x.double()
+    for i, t in enumerate(scheduler.timesteps):
+        got = scheduler.step(velocities[i], t, got, return_dict=False)[0]
+        expected = expected + (sig[i + 1] - sig[i]) * velocities[i].double()
+    torch.testing.assert_close(got.double(), expected, rtol=1e-6, atol=1e-6)
+    # The last step (to sigma 0) is the x0 estimate x - sigma v, LightX2V's final update.
+    scheduler.set_timesteps(1)
+    torch.testing.assert_close(scheduler.step(velocities[0], scheduler.timesteps[0], x)[0], x - velocities[0])
+    with pytest.raises(RuntimeError, match="set_timesteps"):
+        scheduler.step(velocities[0], scheduler.timesteps[0], x)

@@ -36,6 +36,7 @@ FAKE_REPOS = {
         "image_encoder/model.safetensors",
         "image_processor/preprocessor_config.json",
     ],
+    weights.DISTILL_LORA_REPO: [weights.DISTILL_LORA_FILE, "wan2.1_t2v_14b_lora_rank64_lightx2v_4step.safetensors"],
 }
 
 
@@ -57,7 +58,7 @@ def write_fake_cache(cache: Path, repos: dict[str, list[str]]) -> None:
 @pytest.fixture
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    for component in (*weights.CORE_COMPONENTS, weights.FLUX_KONTEXT):
+    for component in (*weights.CORE_COMPONENTS, weights.FLUX_KONTEXT, weights.DISTILL_LORA):
         monkeypatch.delenv(f"WAN_ANIMATE_REVISION_{component.name.upper()}", raising=False)
 
 
@@ -73,7 +74,19 @@ def test_fetch_all_resolves_every_file_from_the_cache(tmp_path: Path, offline: N
     assert (paths.diffusers_dir / "vae" / "config.json").is_file()
     assert (paths.diffusers_dir / "image_encoder" / "model.safetensors").is_file()
     assert paths.sam2_checkpoint.read_bytes() == b"process_checkpoint/sam2/sam2_hiera_large.pt"
-    assert paths.flux_kontext_dir is None
+    assert paths.flux_kontext_dir is None and paths.distill_lora is None
+
+
+def test_distillation_lora_is_fetched_only_when_asked(tmp_path: Path, offline: None) -> None:
+    write_fake_cache(tmp_path, FAKE_REPOS)
+    paths = weights.fetch_all(tmp_path, with_distill=True)
+    assert paths.distill_lora.name == "wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors"
+    assert paths.distill_lora.read_bytes() == weights.DISTILL_LORA_FILE.encode()
+    assert weights.DISTILL_LORA.pinned_revision() == "main"
+    write_fake_cache(tmp_path / "without", {k: v for k, v in FAKE_REPOS.items() if k != weights.DISTILL_LORA_REPO})
+    weights.fetch_all(tmp_path / "without")  # not asked: not needed
+    with pytest.raises(weights.WeightsUnavailableError, match="distill_lora: lightx2v/Wan2.1-Distill-Loras"):
+        weights.fetch_all(tmp_path / "without", with_distill=True)
 
 
 def test_a_missing_file_offline_names_the_component_and_the_fix(tmp_path: Path, offline: None) -> None:

@@ -62,7 +62,7 @@ class GenerationOptions:
     clip_len: int = 77  # frames per clip, 4n + 1
     refert_num: int = 1  # frames each clip continues from (1 or 5)
     shift: float = 5.0
-    sample_solver: Literal["dpm++", "unipc"] = "dpm++"
+    sample_solver: Literal["dpm++", "unipc", "euler"] = "dpm++"  # euler: the distillation LoRA's sampler
     sampling_steps: int = 20
     guide_scale: float = 1.0  # > 1: second pass with the negative prompt AND a blank (-1) face
     seed: int = 0
@@ -71,6 +71,7 @@ class GenerationOptions:
     color_match: bool = True  # not official: see wan/color.py
     offload: str | bool = "none"  # 'none' | 'model' (| True/False); never less than what the models were loaded with
     loras: Sequence[tuple[Path | str, float]] = field(default_factory=tuple)  # user LoRAs (path, weight)
+    distill: bool = False  # switch on the 4-step distillation LoRA (models.distill); sampling settings stay as given
 
     def resolved_prompts(self) -> tuple[str, str]:
         return (self.prompt or DEFAULT_PROMPT, self.n_prompt or DEFAULT_NEGATIVE_PROMPT)
@@ -217,9 +218,12 @@ def _generate_on_device(
     lat_t = (clip_len - 1) // VAE_STRIDE_T + 1
     noise_shape = (1, LATENT_CHANNELS, lat_t + 1, height // VAE_STRIDE_HW, width // VAE_STRIDE_HW)
     logger.info("generate: %d frames -> %d padded, %d clips of %d", num_frames, target_len, len(starts), clip_len)
+    if options.distill and models.distill is None:
+        raise ValueError("distill=True needs the distillation LoRA loaded (models.distill is None)")
+    distill = models.distill if options.distill else None
 
     with (
-        request_adapters(models.transformer, models.relighting_adapter, replacement, options.loras),
+        request_adapters(models.transformer, models.relighting_adapter, replacement, options.loras, distill),
         offload_session(models, resolve_offload(options.offload, device)) as offload,
     ):
         texts = [prompt, n_prompt] if options.guide_scale > 1.0 else [prompt]

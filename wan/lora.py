@@ -7,6 +7,8 @@
   tensor is checked to have landed.
 - User LoRAs (.safetensors, original `diffusion_model.blocks.N...lora_down/lora_up[/alpha]` layout or diffusers
   `transformer.blocks.N...lora_A/lora_B`), loaded for one request and deleted after it.
+- The 4-step distillation LoRA (wan/distill.py): an adapter loaded once like the relighting one, plus parameter
+  differences applied for the requests that ask for it.
 """
 
 from __future__ import annotations
@@ -15,8 +17,12 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from .distill import DistillLora
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +62,22 @@ def lora_state_dict(source: Path | dict[str, torch.Tensor]) -> dict[str, torch.T
     return state
 
 
-def _cast_adapter(transformer: torch.nn.Module, adapter_name: str, dtype: torch.dtype) -> None:
-    """Adapter weights in the transformer's compute dtype (the official run computes them under bf16 autocast)."""
-    for name, param in transformer.named_parameters():
-        if f".{adapter_name}." in name and param.dtype != dtype:
-            param.data = param.data.to(dtype)
+_COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _cast_adapter(transformer: torch.nn.Module, adapter_name: str) -> None:
+    """Adapter weights in the dtype of the layer they adapt: bf16 in the blocks (the official run computes them under
+    bf16 autocast), float32 where diffusers keeps the layer in float32 (the time embedder); over a quantized layer,
+    the model's compute dtype."""
+    default = transformer.patch_embedding.weight.dtype  # never quantized
+    for module in transformer.modules():
+        weight = getattr(getattr(module, "base_layer", None), "weight", None)
+        if weight is None:
+            continue
+        dtype = weight.dtype if type(weight.data) is torch.Tensor and weight.dtype in _COMPUTE_DTYPES else default
+        for layers in (getattr(module, "lora_A", {}), getattr(module, "lora_B", {})):
+            if adapter_name in layers:
+                layers[adapter_name].to(dtype)
 
 
 def _check_loaded(transformer: torch.nn.Module, state: dict[str, torch.Tensor], adapter_name: str) -> None:
@@ -97,13 +114,8 @@ def load_lora(
     except ImportError as error:  # e.g. peft >= 0.19 refuses any LoRA layer when torchao < 0.16 is installed
         raise RuntimeError(f"PEFT cannot create LoRA layers in this environment: {error}") from error
     _check_loaded(transformer, state, adapter_name)
-    _cast_adapter(transformer, adapter_name, transformer_dtype(transformer))
+    _cast_adapter(transformer, adapter_name)
     return state
-
-
-def transformer_dtype(transformer: torch.nn.Module) -> torch.dtype:
-    """The dtype of the transformer's block weights (the compute dtype)."""
-    return transformer.patch_embedding.weight.dtype
 
 
 def load_relighting_lora(transformer: torch.nn.Module, path: Path, adapter_name: str = RELIGHTING_ADAPTER) -> str:
@@ -137,27 +149,40 @@ def request_adapters(
     relighting_adapter: str | None,
     use_relighting: bool,
     user_loras: Sequence[tuple[Path | str, float]],
+    distill: DistillLora | None = None,
 ) -> Iterator[dict[str, float]]:
-    """For one request: load the user's LoRAs, activate them (and relighting when asked), undo it all afterwards."""
+    """For one request: load the user's LoRAs, activate them (with relighting and the distillation LoRA when asked:
+    `distill` is the loaded DistillLora to switch on, or None), undo it all afterwards."""
     from .offload import refresh_transformer_offload, transformer_is_offloaded
 
     loaded: list[str] = []
+    distilled = False
     try:
         weights: dict[str, float] = {}
         if use_relighting and relighting_adapter is not None:
             weights[relighting_adapter] = 1.0
         elif use_relighting:
             logger.warning("replacement without the relighting LoRA (not loaded): the character will not be relit")
+        if distill is not None and distill.adapter_name is not None:
+            weights[distill.adapter_name] = distill.strength
         for i, (path, weight) in enumerate(user_loras):
             name = f"{USER_ADAPTER_PREFIX}{i}"
             load_lora(transformer, Path(path), name)
             loaded.append(name)
             weights[name] = float(weight)
-        if loaded and transformer_is_offloaded(transformer):
+        if distill is not None:
+            distill.apply(transformer)
+            distilled = True
+        # Group offloading streams from its own pinned copies: re-register new adapters and changed parameters.
+        if (loaded or distilled) and transformer_is_offloaded(transformer):
             refresh_transformer_offload(transformer)
         set_active_adapters(transformer, weights)
         yield weights
     finally:
         if loaded:
             transformer.delete_adapters(loaded)
+        if distilled:
+            distill.restore(transformer)
+            if transformer_is_offloaded(transformer):
+                refresh_transformer_offload(transformer)
         set_active_adapters(transformer, {})

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from diffusers import AutoencoderKLWan, WanAnimateTransformer3DModel
     from transformers import CLIPImageProcessor, CLIPVisionModel, PreTrainedTokenizerBase, UMT5EncoderModel
 
+    from .distill import DistillLora
+
 logger = logging.getLogger(__name__)
 
 ORIGINAL_REPO = "Wan-AI/Wan2.2-Animate-14B"
@@ -78,17 +80,24 @@ class ModelPaths:
     # Optional diffusers config.json for an original-layout transformer (default: the 14B config above, with the
     # sizes read from the release's config.json).
     transformer_config: Path | None = None
+    # LightX2V's 4-step distillation LoRA (wan/distill.py); None: requests cannot ask for distillation.
+    distill_lora: Path | None = None
 
     @classmethod
     def from_weight_paths(cls, paths: Any) -> ModelPaths:
-        """From the app's weights.WeightPaths (transformer_dir, transformer_config, diffusers_dir, relighting_lora)."""
-        lora = Path(paths.relighting_lora) if getattr(paths, "relighting_lora", None) else None
-        config = Path(paths.transformer_config) if getattr(paths, "transformer_config", None) else None
+        """From the app's weights.WeightPaths (transformer_dir, transformer_config, diffusers_dir, relighting_lora,
+        distill_lora)."""
+
+        def optional(name: str) -> Path | None:
+            value = getattr(paths, name, None)
+            return Path(value) if value else None
+
         return cls(
             transformer=Path(paths.transformer_dir),
             diffusers_dir=Path(paths.diffusers_dir),
-            relighting_lora=lora,
-            transformer_config=config,
+            relighting_lora=optional("relighting_lora"),
+            transformer_config=optional("transformer_config"),
+            distill_lora=optional("distill_lora"),
         )
 
 
@@ -106,6 +115,7 @@ class WanAnimateModels:
     device: torch.device  # execution device
     offload: str = "none"  # placement chosen at load: 'none' (all on device) or 'model' (see wan/offload.py)
     relighting_adapter: str | None = None  # PEFT adapter name of the relighting LoRA, when loaded
+    distill: DistillLora | None = None  # the 4-step distillation LoRA, when loaded
     # Encoded prompts by text, (1, 512, text_dim) on `device`: the default prompts are encoded once per worker.
     prompt_cache: dict[str, torch.Tensor] = field(default_factory=dict)
 
@@ -245,6 +255,7 @@ def load_models(
     from diffusers import AutoencoderKLWan
     from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, UMT5EncoderModel
 
+    from .distill import load_distill_lora
     from .lora import load_relighting_lora
     from .offload import place_models, resolve_offload
 
@@ -262,6 +273,11 @@ def load_models(
         if not Path(paths.relighting_lora).is_file():
             raise FileNotFoundError(f"relighting LoRA {paths.relighting_lora} not found ({RELIGHTING_LORA_FILE})")
         relighting = load_relighting_lora(transformer, Path(paths.relighting_lora))
+    distill = None
+    if paths.distill_lora is not None:
+        if not Path(paths.distill_lora).is_file():
+            raise FileNotFoundError(f"distillation LoRA {paths.distill_lora} not found")
+        distill = load_distill_lora(transformer, Path(paths.distill_lora))
     vae = AutoencoderKLWan.from_pretrained(str(root / "vae"), torch_dtype=torch.float32).eval().requires_grad_(False)
     text_encoder = UMT5EncoderModel.from_pretrained(str(root / "text_encoder"), dtype=dtype)
     image_encoder = CLIPVisionModel.from_pretrained(
@@ -277,6 +293,7 @@ def load_models(
         dtype=dtype,
         device=device,
         relighting_adapter=relighting,
+        distill=distill,
     )
     place_models(models, resolve_offload(offload, device))
     return models

@@ -1,4 +1,5 @@
-"""The official Wan-Animate samplers (FlowDPM 'dpm++' and FlowUniPC 'unipc') on diffusers' own schedulers.
+"""The official Wan-Animate samplers (FlowDPM 'dpm++' and FlowUniPC 'unipc') on diffusers' own schedulers, and the
+Euler sampler ('euler') of LightX2V's step-distillation LoRA.
 
 diffusers' DPMSolverMultistepScheduler / UniPCMultistepScheduler with `use_flow_sigmas` run the same update
 rules as the official FlowDPMSolverMultistepScheduler / FlowUniPCMultistepScheduler (wan/utils/fm_solvers*.py);
@@ -12,6 +13,11 @@ only their sigma grids differ. The two subclasses below change nothing but `set_
 
 Both: shift(s) = shift * s / (1 + (shift - 1) * s), a final sigma of 0 appended, timesteps = int64(1000 * s)
 (truncated, as official; the transformer sees these integer timesteps).
+
+- euler (LightX2V's WanStepDistillScheduler, lightx2v/models/schedulers/wan/step_distill/scheduler.py, for its 4-step
+  distillation LoRA): the dpm++ grid, i.e. the timesteps t_i = 1000 (1 - i / n) shifted (n = 4: its
+  denoising_step_list [1000, 750, 500, 250] -> sigmas 1, 0.9375, 0.8333, 0.625), one Euler step of the flow ODE per
+  forward down to sigma 0, and the UNtruncated timesteps 1000 * sigma (937.5, not 937) fed to the transformer.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import torch
 from diffusers.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_unipc_multistep import UniPCMultistepScheduler
 
-Solver = Literal["dpm++", "unipc"]
+Solver = Literal["dpm++", "unipc", "euler"]
 
 NUM_TRAIN_TIMESTEPS = 1000
 # Official FlowUniPC: sigma_max = sigmas[0].item() of a float32 tensor holding 1 - 1/1000.
@@ -65,7 +71,44 @@ class OfficialFlowUniPCScheduler(UniPCMultistepScheduler):
         super().set_timesteps(device=device, sigmas=official_unipc_unshifted_sigmas(num_inference_steps))
 
 
-def make_scheduler(solver: Solver, shift: float) -> DPMSolverMultistepScheduler | UniPCMultistepScheduler:
+class FlowEulerScheduler:
+    """Euler steps of the flow ODE on the dpm++ sigma grid (LightX2V's step-distillation sampler, 'euler').
+
+    x_{i+1} = x_i + (sigma_{i+1} - sigma_i) v_i with sigma_n = 0. LightX2V's docs call it an LCM scheduler; with the
+    noise estimate x + (1 - sigma) v the LCM update (re-noise the x0 estimate x - sigma v to sigma_{i+1}) is this same
+    step. Same interface as the diffusers schedulers above: set_timesteps, timesteps, sigmas, step.
+    """
+
+    order = 1
+
+    def __init__(self, shift: float, num_train_timesteps: int = NUM_TRAIN_TIMESTEPS) -> None:
+        self.shift = shift
+        self.num_train_timesteps = num_train_timesteps
+        self.sigmas = torch.zeros(1)  # (n + 1,) float32 on the CPU, set by set_timesteps
+        self.timesteps = torch.zeros(0)  # (n,) float32 on the device
+        self.step_index = 0
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None, **_) -> None:
+        sigmas = official_dpm_sigmas(num_inference_steps, self.shift)  # (n,) float64
+        self.sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]).astype(np.float32))
+        self.timesteps = (self.sigmas[:-1] * self.num_train_timesteps).to(device)  # float, not truncated
+        self.step_index = 0
+
+    def step(
+        self, model_output: torch.Tensor, timestep: torch.Tensor, sample: torch.Tensor, return_dict: bool = False
+    ) -> tuple[torch.Tensor]:
+        """One Euler step in float32 (steps run in order; `timestep` is accepted for the common interface)."""
+        if self.step_index >= len(self.timesteps):
+            raise RuntimeError("all steps done; call set_timesteps again")
+        sigma, sigma_next = self.sigmas[self.step_index].item(), self.sigmas[self.step_index + 1].item()
+        prev_sample = sample.float() + (sigma_next - sigma) * model_output.float()
+        self.step_index += 1
+        return (prev_sample,)
+
+
+def make_scheduler(
+    solver: Solver, shift: float
+) -> DPMSolverMultistepScheduler | UniPCMultistepScheduler | FlowEulerScheduler:
     """A fresh scheduler configured like the official one (call set_timesteps(steps, device) before use)."""
     if solver == "dpm++":
         # Official FlowDPMSolverMultistepScheduler defaults: order 2, dpmsolver++, midpoint, lower_order_final,
@@ -96,4 +139,6 @@ def make_scheduler(solver: Solver, shift: float) -> DPMSolverMultistepScheduler 
             use_flow_sigmas=True,
             flow_shift=shift,
         )
-    raise ValueError(f"unknown sample_solver {solver!r}; use 'dpm++' or 'unipc'")
+    if solver == "euler":
+        return FlowEulerScheduler(shift, NUM_TRAIN_TIMESTEPS)
+    raise ValueError(f"unknown sample_solver {solver!r}; use 'dpm++', 'unipc' or 'euler'")

@@ -275,3 +275,72 @@ def write_user_lora(transformer: torch.nn.Module, path: Path, rank: int = 2, alp
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
     return path
+
+
+# Parts of the Wan-Animate model that Wan 2.1 I2V 14B lacks (so a LoRA trained on that model has no keys for them).
+ANIMATE_ONLY_PREFIXES = ("pose_patch_embedding.", "motion_encoder.", "face_encoder.", "face_adapter.")
+# The one 2-D weight of the 14B model under LightX2V's 1M-parameter threshold (64 x 5120): stored as a whole difference.
+LIGHTX2V_WHOLE_2D = ("head.head.weight",)
+
+
+def lightx2v_lora_shapes(
+    transformer: torch.nn.Module, rank: int = 64, modulation: bool = False
+) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the LoRA LightX2V's extractor (tools/extract/lora_extractor.py) writes for the Wan 2.1 I2V part
+    of `transformer`, in the layout of wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors.
+
+    Decided per key as for the 14B model whatever `transformer`'s size: a 2-D weight becomes `lora_down` (rank, in) +
+    `lora_up` (out, rank), except the output head; every other weight / bias becomes a whole `.diff` / `.diff_b`.
+    `modulation`: also `.diff_m` for the modulation tables (in older LightX2V files, not in this one). Works on a meta
+    model: only names and shapes are read.
+    """
+    meta = {
+        key.replace(".base_layer.", "."): torch.empty(value.shape, device="meta")
+        for key, value in transformer.state_dict().items()
+        if ".lora_" not in key
+    }
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, value in to_original_layout(meta).items():
+        if name.startswith(ANIMATE_ONLY_PREFIXES):
+            continue
+        key = "diffusion_model." + name
+        if name.endswith(".weight") and value.ndim == 2 and name not in LIGHTX2V_WHOLE_2D:
+            base = key.removesuffix(".weight")
+            shapes[f"{base}.lora_down.weight"] = (rank, value.shape[1])
+            shapes[f"{base}.lora_up.weight"] = (value.shape[0], rank)
+        elif name.endswith(".weight"):
+            shapes[key.removesuffix(".weight") + ".diff"] = tuple(value.shape)
+        elif name.endswith(".bias"):
+            shapes[key.removesuffix(".bias") + ".diff_b"] = tuple(value.shape)
+        elif name.endswith("modulation"):
+            if modulation:
+                shapes[key.removesuffix("modulation") + "diff_m"] = tuple(value.shape)
+        else:
+            raise ValueError(f"no LightX2V key for {name}")
+    return shapes
+
+
+def lightx2v_lora_tensors(
+    transformer: torch.nn.Module,
+    rank: int = 4,
+    seed: int = 0,
+    scale: float = 0.05,
+    modulation: bool = False,
+    dtype: torch.dtype = torch.bfloat16,
+    device: torch.device | str = "cpu",
+) -> dict[str, torch.Tensor]:
+    """Random tensors in the layout of lightx2v_lora_shapes (bf16 like the release), keys sorted."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    shapes = lightx2v_lora_shapes(transformer, rank, modulation)
+    return {
+        key: (torch.randn(shapes[key], generator=generator, device=device) * scale).to(dtype) for key in sorted(shapes)
+    }
+
+
+def write_lightx2v_lora(transformer: torch.nn.Module, path: Path, **kwargs: object) -> Path:
+    """A .safetensors file like wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors for `transformer` (random values)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(lightx2v_lora_tensors(transformer, **kwargs), str(path))  # type: ignore[arg-type]
+    return path

@@ -238,11 +238,13 @@ def warm_up_adapter_sets(
     blocks (relighting: measured ~8 s at 480p), paid here instead of by a first request, and recorded in `budget`
     (a wan.speed.CompileBudget) as compiled; the distillation LoRA's parameter differences are values only and
     compile nothing. Returns (relighting, distillation, seconds) per set."""
+    from .wan.conditioning import VAE_STRIDE_HW
     from .wan.lora import request_adapters
     from .wan.speed import warmup
 
-    _, _, height, width = inputs["hidden_states"].shape[1:]
-    clip_len = inputs["face_pixel_values"].shape[2]
+    latent_h, latent_w = inputs["hidden_states"].shape[-2:]  # [B, C, T, h, w]
+    height, width = latent_h * VAE_STRIDE_HW, latent_w * VAE_STRIDE_HW
+    clip_len = inputs["face_pixel_values"].shape[2]  # [B, 3, clip_len, S, S]
     timings = []
     for distill in (None, wan_models.distill) if wan_models.distill is not None else (None,):
         for relight in (False, True):
@@ -250,7 +252,7 @@ def warm_up_adapter_sets(
                 continue
             if budget is not None:
                 adapters = request_adapter_names(wan_models, relight, distill is not None)
-                budget.admit(forward_signature(height * 8, width * 8, clip_len, adapters))
+                budget.admit(forward_signature(height, width, clip_len, adapters))
             with request_adapters(wan_models.transformer, wan_models.relighting_adapter, relight, [], distill):
                 seconds = warmup(wan_models.transformer, inputs)
             timings.append((relight, distill is not None, seconds))

@@ -22,9 +22,10 @@ import shutil
 import sys
 import types
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pydantic
+if TYPE_CHECKING:  # imported where used: the benchmarks and GPU test runner call load_app_package without pydantic
+    import pydantic
 
 APP_ROOT = Path(__file__).resolve().parent
 PACKAGE_NAME = "wan_animate"
@@ -165,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as error:
         print(f"error: cannot read the request: {error}", file=sys.stderr)
         return 2
+    import pydantic
+
     try:
         result = asyncio.run(run_app(inputs, setup, args.output_dir))
     except errors.InputError as error:

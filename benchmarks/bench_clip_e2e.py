@@ -20,8 +20,6 @@ difference says nothing about the real distilled model's fidelity.
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
-import importlib.util
 import json
 import sys
 import time
@@ -32,13 +30,6 @@ import numpy as np
 import torch
 
 APP_ROOT = Path(__file__).resolve().parents[1]
-
-
-def register_app_package(name: str = "wan_animate") -> None:
-    """Import the app folder as package `wan_animate` (as local_runner does) without its CLI dependencies."""
-    spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
-    spec.submodule_search_locations = [str(APP_ROOT)]
-    sys.modules[name] = importlib.util.module_from_spec(spec)
 
 
 def on_gpu(build: Any, dtype: torch.dtype) -> Any:
@@ -120,7 +111,10 @@ def main() -> int:
     if not runs or set(runs) - {"default", "distill"}:
         parser.error("--runs takes 'default' and/or 'distill'")
 
-    register_app_package()
+    sys.path.insert(0, str(APP_ROOT))
+    from local_runner import load_app_package
+
+    load_app_package()
     sys.path.insert(0, str(APP_ROOT / "benchmarks"))
     import bench_forward
     from wan_animate.wan import GenerationOptions, generate

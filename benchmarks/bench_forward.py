@@ -55,12 +55,10 @@ COMPILE_ESTIMATE_S = 120.0  # budget guess for one regional compile before it ha
 def load_app_modules() -> tuple[Any, dict[str, Any]]:
     """wan/speed.py and the 14B transformer config from wan/models.py, with the app folder imported as package
     `wan_animate` (torch, diffusers, transformers and opencv are all they need on the GPU machine)."""
-    import importlib.machinery
+    sys.path.insert(0, str(REPO_ROOT))
+    from local_runner import load_app_package
 
-    if "wan_animate" not in sys.modules:
-        spec = importlib.machinery.ModuleSpec("wan_animate", None, is_package=True)
-        spec.submodule_search_locations = [str(REPO_ROOT)]
-        sys.modules["wan_animate"] = importlib.util.module_from_spec(spec)
+    load_app_package()
     from wan_animate.wan import models, speed
 
     return speed, models.ANIMATE_14B_DIFFUSERS_CONFIG

@@ -53,15 +53,6 @@ CLIP_LEN, REFERT_NUM = 77, 1  # the app's defaults
 log = logging.getLogger("bench_preprocess")
 
 
-def register_app_package(name: str = "wan_animate") -> None:
-    """Import the app folder as package `wan_animate` (as local_runner does) without the app's CLI dependencies."""
-    if name in sys.modules:
-        return
-    spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
-    spec.submodule_search_locations = [str(APP_ROOT)]
-    sys.modules[name] = importlib.util.module_from_spec(spec)
-
-
 def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -575,7 +566,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     args = parse_args(argv)
-    register_app_package()
+    sys.path.insert(0, str(APP_ROOT))
+    from local_runner import load_app_package
+
+    load_app_package()
     import torch  # before onnxruntime: its CUDA/cuDNN libraries are then the ones onnxruntime-gpu finds
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

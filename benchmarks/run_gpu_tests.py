@@ -1,16 +1,15 @@
 """Run the CUDA tests of tests/test_wan_speed.py and tests/test_wan_parallel.py (2 GPUs: context parallel under
 torchrun) on a machine without the app's own dependencies (pydantic etc.).
 
-tests/conftest.py imports the app's local runner; here the app folder is registered as package `wan_animate` the
-same way, and pytest runs with --noconftest so only torch, diffusers, torchao and sageattention are needed.
+tests/conftest.py imports the app's local runner; here the app folder is registered as package `wan_animate` by the
+same `local_runner.load_app_package` (it imports no pydantic), and pytest runs with --noconftest so only torch,
+diffusers, torchao and sageattention are needed.
 
     python benchmarks/run_gpu_tests.py [extra pytest args]
 """
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -19,15 +18,11 @@ import pytest
 APP_ROOT = Path(__file__).resolve().parents[1]
 
 
-def register_app_package(name: str = "wan_animate") -> None:
-    """Make `import wan_animate.wan.speed` resolve to this checkout (what tests/conftest.py does)."""
-    spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
-    spec.submodule_search_locations = [str(APP_ROOT)]
-    sys.modules[name] = importlib.util.module_from_spec(spec)
-
-
 if __name__ == "__main__":
-    register_app_package()
+    sys.path.insert(0, str(APP_ROOT))
+    from local_runner import load_app_package
+
+    load_app_package()
     sys.path.insert(0, str(APP_ROOT / "tests"))
     tests = [str(APP_ROOT / "tests" / name) for name in ("test_wan_speed.py", "test_wan_parallel.py")]
     args = [*tests, "--noconftest", "-q", "-rA", "-p", "no:cacheprovider"]

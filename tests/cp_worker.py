@@ -12,8 +12,6 @@ transformers and the app's wan/ package (no pydantic), so it also runs on the GP
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -23,15 +21,6 @@ APP_ROOT = Path(__file__).resolve().parents[1]
 
 # 13 frames -> 1 reference + 4 latent frames; 32x48 pixels -> 2x3 tokens per frame: 30 tokens, 15 per rank of 2.
 HEIGHT, WIDTH, NUM_FRAMES = 32, 48, 13
-
-
-def register_app_package(name: str = "wan_animate") -> None:
-    """Make `import wan_animate.wan` resolve to this checkout (as tests/conftest.py does, without its imports)."""
-    if name in sys.modules:
-        return
-    spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
-    spec.submodule_search_locations = [str(APP_ROOT)]
-    sys.modules[name] = importlib.util.module_from_spec(spec)
 
 
 def tiny_transformer(device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
@@ -115,7 +104,10 @@ def main() -> int:
     parser.add_argument("--checks", default="forward,compile,generate")
     args = parser.parse_args()
 
-    register_app_package()
+    sys.path.insert(0, str(APP_ROOT))
+    from local_runner import load_app_package
+
+    load_app_package()
     from wan_animate.wan import parallel
 
     torch.set_num_threads(1)

@@ -144,6 +144,9 @@ def pose_inputs(frames: np.ndarray, boxes: np.ndarray, channel_order: Literal["b
 # Heatmap decoding (official keypoints_from_heatmaps with unbiased=True, use_udp=False)
 
 
+CV_MAX_CHANNELS = 128  # OpenCV 5's CV_CN_MAX (512 in OpenCV 4)
+
+
 def argmax_heatmaps(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, K, H, W) -> integer peak coords (N, K, 2) float32 [x, y] (-1 where max <= 0) and maxima (N, K)."""
     n, k, _, w = heatmaps.shape
@@ -156,15 +159,23 @@ def argmax_heatmaps(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def modulate_heatmaps(heatmaps: np.ndarray, kernel: int = DARK_KERNEL) -> np.ndarray:
-    """DARK's Gaussian modulation: blur each map (zero-padded by kernel//2), rescale to its original max."""
+    """DARK's Gaussian modulation: blur each map (zero-padded by kernel//2), rescale to its original max.
+
+    The K maps of a frame go to cv2 as channels, at most CV_MAX_CHANNELS at a time (OpenCV 5 reads an array
+    with more channels than that as a 3-D matrix and refuses it; OpenCV 4 allows 512).
+    """
     border = (kernel - 1) // 2
     n, k, h, w = heatmaps.shape
     out = np.empty_like(heatmaps, dtype=np.float32)
-    padded = np.zeros((h + 2 * border, w + 2 * border, k), np.float32)  # one buffer: its zero border never changes
+    chunks = [slice(start, min(start + CV_MAX_CHANNELS, k)) for start in range(0, k, CV_MAX_CHANNELS)]
+    # one zero-bordered buffer per chunk: contiguous for cv2, and its border never changes
+    padded = [np.zeros((h + 2 * border, w + 2 * border, c.stop - c.start), np.float32) for c in chunks]
     for i in range(n):
-        maps = heatmaps[i].transpose(1, 2, 0).astype(np.float32)  # (H, W, K): one cv2 call for all K maps
-        padded[border:-border, border:-border] = maps
-        blurred = cv2.GaussianBlur(padded, (kernel, kernel), 0)[border:-border, border:-border].reshape(h, w, k)
+        maps = heatmaps[i].transpose(1, 2, 0).astype(np.float32)  # (H, W, K)
+        blurred = np.empty((h, w, k), np.float32)
+        for chunk, buffer in zip(chunks, padded, strict=True):
+            buffer[border:-border, border:-border] = maps[..., chunk]
+            blurred[..., chunk] = cv2.GaussianBlur(buffer, (kernel, kernel), 0)[border:-border, border:-border]
         new_max = blurred.max(axis=(0, 1))
         ratio = np.where(new_max > 0, maps.max(axis=(0, 1)) / np.where(new_max > 0, new_max, 1.0), 1.0)
         out[i] = (blurred * ratio).transpose(2, 0, 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from tiny_onnx import write_detector, write_vitpose
@@ -126,6 +127,21 @@ def test_decode_heatmaps_equals_logging_whole_maps():
         xy = P.heatmap_to_image(whole, centers, scales, (48, 64))
         official = np.concatenate([xy, maxvals[..., None].astype(np.float32)], axis=2)
         np.testing.assert_array_equal(P.decode_heatmaps(maps, centers, scales), official)
+
+
+def test_modulate_heatmaps_equals_one_map_at_a_time():
+    # 133 maps go to cv2 in channel chunks (OpenCV 5 takes at most 128 channels): each map must come out as if
+    # blurred alone, zero-padded by the kernel's reach, and rescaled to its own maximum
+    rng = np.random.default_rng(1)
+    maps = rng.random((2, 133, 64, 48)).astype(np.float32)
+    maps[1, 130] = 0.0  # an empty map keeps ratio 1
+    border = (P.DARK_KERNEL - 1) // 2
+    out = P.modulate_heatmaps(maps)
+    for i, j in [(0, 0), (0, 127), (0, 128), (1, 130), (1, 132)]:
+        alone = cv2.copyMakeBorder(maps[i, j], border, border, border, border, cv2.BORDER_CONSTANT, value=0.0)
+        blurred = cv2.GaussianBlur(alone, (P.DARK_KERNEL, P.DARK_KERNEL), 0)[border:-border, border:-border]
+        expected = blurred * (maps[i, j].max() / blurred.max()) if blurred.max() > 0 else blurred
+        np.testing.assert_allclose(out[i, j], expected, rtol=1e-6, atol=0)
 
 
 def test_decode_border_peak_and_empty_map():

@@ -303,8 +303,8 @@ def instrumentation(models: Any, clock: StageClock) -> list[tuple[Any, str, Any]
         (pipeline, "_draw_letterboxed", clock.wrap(SKELETON, pipeline._draw_letterboxed)),
         (estimator, "detector", clock.wrap(DETECTION, det, gpu=True)),
         (estimator, "pose", clock.wrap(POSE, pose_model, gpu=True)),
-        (det, "session", TimedSession(det.session, clock, det_parts[1])),
-        (pose_model, "session", TimedSession(pose_model.session, clock, pose_parts[1])),
+        (det.runner, "session", TimedSession(det.runner.session, clock, det_parts[1])),
+        (pose_model.runner, "session", TimedSession(pose_model.runner.session, clock, pose_parts[1])),
         (detection, "detector_inputs", clock.wrap(det_parts[0], detection.detector_inputs)),
         (detection, "decode_end2end", clock.wrap(det_parts[2], detection.decode_end2end)),
         (detection, "select_largest_person", clock.wrap(det_parts[2], detection.select_largest_person)),
@@ -554,6 +554,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-cold", action="store_true", help="skip the cold animation run")
     parser.add_argument("--serial-too", action=argparse.BooleanOptionalAction, default=None,
                         help="also run animation with the app's per-frame thread pool off (default: on CUDA)")
+    parser.add_argument("--unpadded-too", action=argparse.BooleanOptionalAction, default=None,
+                        help="also run animation with the ONNX sessions' short last chunks not padded, i.e. with "
+                             "input shapes that change (the app before it padded them; default: on CUDA)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "wan_prebench",
                         help="where the clip and the model files are built (reused on the next run)")  # fmt: skip
@@ -578,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     sam2_dtypes = args.sam2_dtypes or (",".join(SAM2_PRECISIONS) if cuda else "float32")
     if args.serial_too is None:
         args.serial_too = cuda
+    if args.unpadded_too is None:
+        args.unpadded_too = cuda
     width, height = (int(v) for v in (args.size or ("640x360" if args.tiny else "1280x720")).split("x"))
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("wan_animate").setLevel(logging.INFO)  # the app's loader lines (onnxruntime providers)
@@ -648,6 +653,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.serial_too and thread_count() > 1 and time.perf_counter() - started < args.budget_s:
             with cpu_threads(1):
                 record(run_preprocess("animation (1 CPU thread)", clip, animation, models, cuda)[0])
+        if args.unpadded_too and time.perf_counter() - started < args.budget_s:
+            estimator = models.pose_estimator
+            with patched([(estimator.detector.runner, "pad", False), (estimator.pose.runner, "pad", False)]):
+                record(run_preprocess("animation (batches not padded)", clip, animation, models, cuda)[0])
     if "replacement" in modes:
         replacement = dataclasses.replace(base, mode="replacement")
         first_masks, first_name = None, None

@@ -137,6 +137,40 @@ def fixed_batch_size(session) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
+class BatchedSession:
+    """An onnxruntime session run over (N, ...) inputs `batch` at a time, at one constant input shape where it pays.
+
+    The last, short chunk is zero-padded to `batch` when the graph's batch is fixed, and also on CUDA: onnxruntime's
+    CUDA convolutions re-tune their cuDNN algorithms (EXHAUSTIVE search, the provider's default) whenever the input
+    shape changes, which cost YOLOv10m about 0.8 s per call on an H100 when chunks of 16 and 12 frames alternated
+    (BENCHMARKS.md). Padded rows are dropped from the outputs; each row's result does not depend on the others.
+    """
+
+    def __init__(self, session, max_batch: int) -> None:
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        fixed = fixed_batch_size(session)
+        self.batch = fixed or max_batch
+        self.cuda = uses_cuda(session)
+        self.pad = fixed is not None or self.cuda
+
+    def run(self, inputs: np.ndarray) -> np.ndarray:
+        """(N, ...) float32 -> the first output (N, ...), run in chunks of `self.batch` (padded as above)."""
+        outs = []
+        for start in range(0, len(inputs), self.batch):
+            chunk = inputs[start : start + self.batch]
+            n = len(chunk)
+            if self.pad and n < self.batch:
+                chunk = np.concatenate([chunk, np.zeros((self.batch - n, *chunk.shape[1:]), chunk.dtype)])
+            outs.append(self.session.run(None, {self.input_name: chunk})[0][:n])
+        return np.concatenate(outs)
+
+    def warm_up(self, sample_shape: tuple[int, ...]) -> None:
+        """On CUDA, one run on zeros at the constant shape: the cuDNN tuning is paid at load, not by a request."""
+        if self.cuda:
+            self.session.run(None, {self.input_name: np.zeros((self.batch, *sample_shape), np.float32)})
+
+
 def fallback_box(height: int, width: int) -> np.ndarray:
     """The official box when nobody is found: the whole frame, score -1."""
     return np.array([0.0, 0.0, float(width), float(height), -1.0])
@@ -219,21 +253,13 @@ class OnnxPersonDetector:
 
     def __init__(self, path: Path, providers: Providers | None = None, max_batch: int = 16) -> None:
         self.session = open_onnx_session(Path(path), providers)
-        self.input_name = self.session.get_inputs()[0].name
-        self.batch = fixed_batch_size(self.session) or max_batch
+        self.runner = BatchedSession(self.session, max_batch)
+        self.runner.warm_up((3, DET_SIZE, DET_SIZE))
 
     def raw_outputs(self, frames: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8 RGB -> the graph's (N, K, 6) outputs, run `self.batch` frames at a time."""
-        outs = []
-        for start in range(0, len(frames), self.batch):
-            chunk = detector_inputs(frames[start : start + self.batch])
-            n = len(chunk)
-            fixed = fixed_batch_size(self.session)
-            if fixed is not None and n < fixed:  # pad a short last chunk of a fixed-batch graph
-                chunk = np.concatenate([chunk, np.zeros((fixed - n, *chunk.shape[1:]), np.float32)])
-            out = self.session.run(None, {self.input_name: chunk})[0]
-            outs.append(out[:n])
-        return np.concatenate(outs)
+        """(N, H, W, 3) uint8 RGB -> the graph's (N, K, 6) outputs, run `self.runner.batch` frames at a time."""
+        return np.concatenate([self.runner.run(detector_inputs(frames[start : start + self.runner.batch]))
+                               for start in range(0, len(frames), self.runner.batch)])  # fmt: skip
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 RGB -> (N, 5) x1, y1, x2, y2, score per frame (official fallback when nobody)."""

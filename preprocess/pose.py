@@ -28,7 +28,7 @@ from typing import Literal, Protocol
 import cv2
 import numpy as np
 
-from .detection import PersonDetector, Providers, UltralyticsPoseDetector, fixed_batch_size, open_onnx_session
+from .detection import BatchedSession, PersonDetector, Providers, UltralyticsPoseDetector, open_onnx_session
 from .frame_threads import map_frames
 from .pose_meta import PoseMeta
 
@@ -304,24 +304,16 @@ class OnnxWholeBodyPose:
     def __init__(self, path: Path, providers: Providers | None = None,
                  channel_order: Literal["bgr", "rgb"] = "bgr", max_batch: int = 16) -> None:  # fmt: skip
         self.session = open_onnx_session(resolve_pose_onnx(path), providers)
-        self.input_name = self.session.get_inputs()[0].name
-        self.fixed_batch = fixed_batch_size(self.session)
-        self.batch = self.fixed_batch or max_batch
+        self.runner = BatchedSession(self.session, max_batch)
         self.channel_order = channel_order
         shape = self.session.get_inputs()[0].shape
         if all(isinstance(d, int) for d in shape[2:]) and tuple(shape[2:]) != POSE_INPUT_HW:
             logger.warning("pose model input is %s, the official crop is %s", shape[2:], POSE_INPUT_HW)
+        self.runner.warm_up((3, *POSE_INPUT_HW))
 
     def heatmaps(self, inputs: np.ndarray) -> np.ndarray:
-        """(N, 3, 256, 192) float32 -> (N, 133, 64, 48) heatmaps, `self.batch` at a time."""
-        outs = []
-        for start in range(0, len(inputs), self.batch):
-            chunk = inputs[start : start + self.batch]
-            n = len(chunk)
-            if self.fixed_batch is not None and n < self.fixed_batch:
-                chunk = np.concatenate([chunk, np.zeros((self.fixed_batch - n, *chunk.shape[1:]), np.float32)])
-            outs.append(self.session.run(None, {self.input_name: chunk})[0][:n])
-        return np.concatenate(outs).astype(np.float32, copy=False)
+        """(N, 3, 256, 192) float32 -> (N, 133, 64, 48) heatmaps, `self.runner.batch` at a time."""
+        return self.runner.run(inputs).astype(np.float32, copy=False)
 
     def __call__(self, frames: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 RGB + (N, 5) boxes -> (N, 133, 3) float32 x, y in pixels, score."""

@@ -107,7 +107,7 @@ def test_onnx_exports_run_in_the_app_loaders(tmp_path):
     pm.write_vitpose_onnx(folder, pm.VITPOSE_TINY)
     assert sorted(p.name for p in folder.iterdir()) == ["end2end.onnx", "end2end.onnx.data"]  # the release's layout
     pose = OnnxWholeBodyPose(folder, providers=CPU)
-    assert pose.fixed_batch is None  # dynamic batch: the app batches 16 crops per run
+    assert pose.runner.batch == 16 and not pose.runner.pad  # dynamic batch on the CPU: 16 crops per run, none padded
     crops = np.random.default_rng(0).standard_normal((3, 3, 256, 192)).astype(np.float32)
     with torch.no_grad():
         expected = pm.random_vitpose(pm.VITPOSE_TINY)(torch.from_numpy(crops)).numpy()

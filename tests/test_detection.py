@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import fixture_path
-from tiny_onnx import write_detector
+from tiny_onnx import write_detector, write_vitpose
 from wan_animate.preprocess import detection as det
 
 CPU = ["CPUExecutionProvider"]
@@ -48,6 +48,46 @@ def test_cuda_request_that_falls_back_to_cpu_is_an_error_in_the_log(tmp_path, ca
         session = det.open_onnx_session(path, providers)
     assert not det.uses_cuda(session)
     assert "although CUDA was requested" in caplog.text
+
+
+class RecordingSession:
+    """A real onnxruntime session that records the input shapes it runs and can claim the CUDA provider (whose
+    shape policy BatchedSession follows; this machine has no GPU)."""
+
+    def __init__(self, session, claims_cuda: bool) -> None:
+        self.session = session
+        self.claims_cuda = claims_cuda
+        self.shapes: list[tuple[int, ...]] = []
+
+    def get_inputs(self):
+        return self.session.get_inputs()
+
+    def get_providers(self) -> list[str]:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.claims_cuda else self.session.get_providers()
+
+    def run(self, names, feed):
+        self.shapes.append(next(iter(feed.values())).shape)
+        return self.session.run(names, feed)
+
+
+@pytest.mark.parametrize(("batch_dim", "claims_cuda", "expected_batches"), [
+    ("batch", False, [16, 4]),  # CPU, dynamic batch: the short chunk runs as it is (no wasted work)
+    ("batch", True, [16, 16, 16]),  # CUDA: one constant shape (a warm-up, then every chunk padded)
+    (16, False, [16, 16]),  # a fixed-batch graph is padded wherever it runs
+])  # fmt: skip
+def test_batched_session_keeps_one_input_shape_where_it_pays(tmp_path, batch_dim, claims_cuda, expected_batches):
+    weight = np.random.default_rng(0).standard_normal((133, 3)).astype(np.float32)
+    path = write_vitpose(tmp_path / "pose", weight, batch=batch_dim)
+    inputs = np.random.default_rng(1).standard_normal((20, 3, 256, 192)).astype(np.float32)
+    dynamic = det.open_onnx_session(write_vitpose(tmp_path / "dynamic", weight), CPU)
+    reference = dynamic.run(None, {"input": inputs})[0]
+    session = RecordingSession(det.open_onnx_session(path, CPU), claims_cuda)
+    runner = det.BatchedSession(session, max_batch=16)
+    runner.warm_up((3, 256, 192))
+    out = runner.run(inputs)
+    assert [shape[0] for shape in session.shapes] == expected_batches
+    assert out.shape == (20, 133, 64, 48)
+    np.testing.assert_allclose(out, reference, rtol=1e-6, atol=1e-6)  # padding rows never reach the outputs
 
 
 def test_torch_cuda_library_dir_is_the_consolidated_folder_of_the_same_major(tmp_path, monkeypatch):

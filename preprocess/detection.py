@@ -137,6 +137,27 @@ def fixed_batch_size(session) -> int | None:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
+ARENA_SHRINK_KEY = "memory.enable_memory_arena_shrinkage"  # an onnxruntime RunOptions config key
+
+
+def arena_release_options(arena: str):
+    """RunOptions that hand an onnxruntime memory arena's unused memory back at the end of each run.
+
+    `arena` is "gpu:<device id>" (or "cpu:0"). Without it the CUDA arena keeps its high-water mark for the life of the
+    worker, beside the 14B model (5.5 GiB after loading on an H100, 12.5 GiB after batch-32 runs: BENCHMARKS.md).
+    """
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.add_run_config_entry(ARENA_SHRINK_KEY, arena)
+    return options
+
+
+def cuda_device_id(session) -> int:
+    """The GPU a CUDA session runs on (its provider options; 0 when not given)."""
+    return int(session.get_provider_options().get("CUDAExecutionProvider", {}).get("device_id", 0))
+
+
 class BatchedSession:
     """An onnxruntime session run over (N, ...) inputs `batch` at a time, at one constant input shape where it pays.
 
@@ -144,6 +165,7 @@ class BatchedSession:
     CUDA convolutions re-tune their cuDNN algorithms (EXHAUSTIVE search, the provider's default) whenever the input
     shape changes, which cost YOLOv10m about 0.8 s per call on an H100 when chunks of 16 and 12 frames alternated
     (BENCHMARKS.md). Padded rows are dropped from the outputs; each row's result does not depend on the others.
+    On CUDA each run also releases the arena's unused memory (`arena_release_options`): the GPU is the 14B model's.
     """
 
     def __init__(self, session, max_batch: int) -> None:
@@ -153,6 +175,7 @@ class BatchedSession:
         self.batch = fixed or max_batch
         self.cuda = uses_cuda(session)
         self.pad = fixed is not None or self.cuda
+        self.run_options = arena_release_options(f"gpu:{cuda_device_id(session)}") if self.cuda else None
 
     def run(self, inputs: np.ndarray) -> np.ndarray:
         """(N, ...) float32 -> the first output (N, ...), run in chunks of `self.batch` (padded as above)."""
@@ -162,13 +185,26 @@ class BatchedSession:
             n = len(chunk)
             if self.pad and n < self.batch:
                 chunk = np.concatenate([chunk, np.zeros((self.batch - n, *chunk.shape[1:]), chunk.dtype)])
-            outs.append(self.session.run(None, {self.input_name: chunk})[0][:n])
+            outs.append(self.session.run(None, {self.input_name: chunk}, self.run_options)[0][:n])
         return np.concatenate(outs)
 
     def warm_up(self, sample_shape: tuple[int, ...]) -> None:
-        """On CUDA, one run on zeros at the constant shape: the cuDNN tuning is paid at load, not by a request."""
-        if self.cuda:
-            self.session.run(None, {self.input_name: np.zeros((self.batch, *sample_shape), np.float32)})
+        """On CUDA, one run on zeros at the constant shape: the cuDNN tuning is paid at load, not by a request.
+
+        It also checks that this onnxruntime build can release the CUDA arena; if it refuses (no arena allocator on
+        that device), runs go on without releasing, and the log says so.
+        """
+        if not self.cuda:
+            return
+        zeros = np.zeros((self.batch, *sample_shape), np.float32)
+        try:
+            self.session.run(None, {self.input_name: zeros}, self.run_options)
+        except Exception as error:  # noqa: BLE001 - onnxruntime's own error types derive from Exception only
+            if self.run_options is None:
+                raise
+            logger.warning("onnxruntime cannot release its CUDA arena after runs (%s); its memory stays held", error)
+            self.run_options = None
+            self.session.run(None, {self.input_name: zeros})
 
 
 def fallback_box(height: int, width: int) -> np.ndarray:

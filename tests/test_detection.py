@@ -65,14 +65,19 @@ class RecordingSession:
     def get_providers(self) -> list[str]:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"] if self.claims_cuda else self.session.get_providers()
 
-    def run(self, names, feed):
+    def get_provider_options(self) -> dict:
+        return {"CUDAExecutionProvider": {"device_id": "0"}} if self.claims_cuda else self.session.get_provider_options()
+
+    def run(self, names, feed, run_options=None):
         self.shapes.append(next(iter(feed.values())).shape)
-        return self.session.run(names, feed)
+        return self.session.run(names, feed, run_options)
 
 
 @pytest.mark.parametrize(("batch_dim", "claims_cuda", "expected_batches"), [
     ("batch", False, [16, 4]),  # CPU, dynamic batch: the short chunk runs as it is (no wasted work)
-    ("batch", True, [16, 16, 16]),  # CUDA: one constant shape (a warm-up, then every chunk padded)
+    # CUDA: one constant shape (warm-up, then every chunk padded); the warm-up runs twice here because this CPU
+    # session refuses the GPU arena release (test_cuda_session_that_cannot_release_its_arena_runs_on_and_says_so)
+    ("batch", True, [16, 16, 16, 16]),
     (16, False, [16, 16]),  # a fixed-batch graph is padded wherever it runs
 ])  # fmt: skip
 def test_batched_session_keeps_one_input_shape_where_it_pays(tmp_path, batch_dim, claims_cuda, expected_batches):
@@ -88,6 +93,30 @@ def test_batched_session_keeps_one_input_shape_where_it_pays(tmp_path, batch_dim
     assert [shape[0] for shape in session.shapes] == expected_batches
     assert out.shape == (20, 133, 64, 48)
     np.testing.assert_allclose(out, reference, rtol=1e-6, atol=1e-6)  # padding rows never reach the outputs
+
+
+def test_arena_release_option_is_accepted_by_onnxruntime(tmp_path):
+    # the same RunOptions key the CUDA sessions get ("gpu:<id>"), on the CPU arena this machine has
+    path = write_vitpose(tmp_path / "pose", np.ones((133, 3), np.float32))
+    session = det.open_onnx_session(path, CPU)
+    options = det.arena_release_options("cpu:0")
+    assert options.get_run_config_entry(det.ARENA_SHRINK_KEY) == "cpu:0"
+    out = session.run(None, {"input": np.ones((2, 3, 256, 192), np.float32)}, options)[0]
+    np.testing.assert_allclose(out[:, 0], 3.0)  # 1x1 conv of weight (1, 1, 1) over ones
+    assert det.cuda_device_id(session) == 0
+
+
+def test_cuda_session_that_cannot_release_its_arena_runs_on_and_says_so(tmp_path, caplog):
+    # a session claiming CUDA whose onnxruntime has no "gpu:0" arena (here: a CPU session) refuses the release option
+    path = write_vitpose(tmp_path / "pose", np.ones((133, 3), np.float32))
+    session = RecordingSession(det.open_onnx_session(path, CPU), claims_cuda=True)
+    runner = det.BatchedSession(session, max_batch=4)
+    assert runner.run_options.get_run_config_entry(det.ARENA_SHRINK_KEY) == "gpu:0"
+    with caplog.at_level(logging.WARNING, logger=det.logger.name):
+        runner.warm_up((3, 256, 192))
+    assert runner.run_options is None and "cannot release its CUDA arena" in caplog.text
+    assert runner.run(np.ones((5, 3, 256, 192), np.float32)).shape == (5, 133, 64, 48)
+    assert [shape[0] for shape in session.shapes] == [4, 4, 4, 4]  # refused try, warm-up, two padded chunks
 
 
 def test_torch_cuda_library_dir_is_the_consolidated_folder_of_the_same_major(tmp_path, monkeypatch):

@@ -141,7 +141,7 @@ def file_mib(path: Path) -> float:
 def onnx_sessions(models: Any) -> dict[str, Any]:
     """The detector's and the pose model's onnxruntime sessions inside the app's pose estimator."""
     estimator = models.pose_estimator
-    return {"detector": estimator.detector.session, "pose": estimator.pose.session}
+    return {"detector": estimator.detector.runner.session, "pose": estimator.pose.runner.session}
 
 
 def check_providers(sessions: dict[str, Any], want_cuda: bool) -> dict[str, Any]:

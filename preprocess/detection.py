@@ -288,8 +288,7 @@ class OnnxPersonDetector:
     """The released YOLOv10m detector (`process_checkpoint/det/yolov10m.onnx`) with official pre/post-processing."""
 
     def __init__(self, path: Path, providers: Providers | None = None, max_batch: int = 16) -> None:
-        self.session = open_onnx_session(Path(path), providers)
-        self.runner = BatchedSession(self.session, max_batch)
+        self.runner = BatchedSession(open_onnx_session(Path(path), providers), max_batch)
         self.runner.warm_up((3, DET_SIZE, DET_SIZE))
 
     def raw_outputs(self, frames: np.ndarray) -> np.ndarray:

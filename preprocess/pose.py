@@ -303,10 +303,9 @@ class OnnxWholeBodyPose:
 
     def __init__(self, path: Path, providers: Providers | None = None,
                  channel_order: Literal["bgr", "rgb"] = "bgr", max_batch: int = 16) -> None:  # fmt: skip
-        self.session = open_onnx_session(resolve_pose_onnx(path), providers)
-        self.runner = BatchedSession(self.session, max_batch)
+        self.runner = BatchedSession(open_onnx_session(resolve_pose_onnx(path), providers), max_batch)
         self.channel_order = channel_order
-        shape = self.session.get_inputs()[0].shape
+        shape = self.runner.session.get_inputs()[0].shape
         if all(isinstance(d, int) for d in shape[2:]) and tuple(shape[2:]) != POSE_INPUT_HW:
             logger.warning("pose model input is %s, the official crop is %s", shape[2:], POSE_INPUT_HW)
         self.runner.warm_up((3, *POSE_INPUT_HW))

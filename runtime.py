@@ -300,6 +300,7 @@ def generation_options(inp: AppInput, seed: int, loras: list[tuple[Path, float]]
         offload=inp.offload_model,
         loras=loras,
         distill=inp.distill,
+        step_cache=inp.step_cache,
     )
 
 

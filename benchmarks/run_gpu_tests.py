@@ -1,5 +1,5 @@
-"""Run the CUDA tests of tests/test_wan_speed.py and tests/test_wan_parallel.py (2 GPUs: context parallel under
-torchrun) on a machine without the app's own dependencies (pydantic etc.).
+"""Run the CUDA tests of tests/test_wan_speed.py, test_wan_step_cache.py and test_wan_parallel.py (2 GPUs: context
+parallel under torchrun) on a machine without the app's own dependencies (pydantic etc.).
 
 tests/conftest.py imports the app's local runner; here the app folder is registered as package `wan_animate` by the
 same `local_runner.load_app_package` (it imports no pydantic), and pytest runs with --noconftest so only torch,
@@ -24,6 +24,7 @@ if __name__ == "__main__":
 
     load_app_package()
     sys.path.insert(0, str(APP_ROOT / "tests"))
-    tests = [str(APP_ROOT / "tests" / name) for name in ("test_wan_speed.py", "test_wan_parallel.py")]
+    names = ("test_wan_speed.py", "test_wan_step_cache.py", "test_wan_parallel.py")
+    tests = [str(APP_ROOT / "tests" / name) for name in names]
     args = [*tests, "--noconftest", "-q", "-rA", "-p", "no:cacheprovider"]
     sys.exit(pytest.main(args + sys.argv[1:]))

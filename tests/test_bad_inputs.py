@@ -190,3 +190,25 @@ def test_distill_on_a_worker_without_the_lora_is_refused_before_any_work(smoke_a
         run_ok(smoke_app, distill=True)
     assert (info.value.code, info.value.field) == ("distill_unavailable", "distill")
     assert "distill_lora" in str(info.value)
+
+
+def test_step_cache_on_a_context_parallel_worker_is_refused_before_any_work(smoke_app: object, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    pipeline = import_app_module("preprocess.pipeline")
+    monkeypatch.setattr(pipeline, "probe_video", lambda *a, **k: pytest.fail("the video was opened"))
+    monkeypatch.setattr(smoke_app.runtime, "dist", SimpleNamespace(is_parallel=True, is_main=True))
+    with pytest.raises(inference.InputError) as info:
+        run_ok(smoke_app, step_cache=0.1)
+    assert (info.value.code, info.value.field) == ("step_cache_unavailable", "step_cache")
+
+
+def test_step_cache_reaches_the_sampler_and_stays_in_bounds(smoke_app: object, monkeypatch) -> None:
+    runtime = import_app_module("runtime")
+    seen = []
+    original = runtime.generation_options
+    monkeypatch.setattr(runtime, "generation_options", lambda *a: seen.append(original(*a)) or seen[-1])
+    output = run_ok(smoke_app, step_cache=0.2)
+    assert seen[0].step_cache == 0.2 and output.num_frames > 0
+    with pytest.raises(ValueError, match="step_cache"):
+        inference.AppInput(driving_video={"path": str(DRIVING)}, reference_image={"path": str(REFERENCE)}, step_cache=1.5)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -31,6 +32,7 @@ from .conditioning import (
 from .lora import request_adapters
 from .offload import Offload, offload_session, on_device, resolve_offload
 from .segments import clip_starts, mirror_indices, valid_length
+from .step_cache import StepCache, StepCacheOptions, installed
 
 if TYPE_CHECKING:
     from ..preprocess.conditioning import Conditioning
@@ -72,6 +74,7 @@ class GenerationOptions:
     offload: str | bool = "none"  # 'none' | 'model' (| True/False); never less than what the models were loaded with
     loras: Sequence[tuple[Path | str, float]] = field(default_factory=tuple)  # user LoRAs (path, weight)
     distill: bool = False  # switch on the 4-step distillation LoRA (models.distill); sampling settings stay as given
+    step_cache: float = 0.0  # > 0: step caching threshold (wan/step_cache.py); 0 computes every step in full
 
     def resolved_prompts(self) -> tuple[str, str]:
         return (self.prompt or DEFAULT_PROMPT, self.n_prompt or DEFAULT_NEGATIVE_PROMPT)
@@ -85,6 +88,8 @@ def check_inputs(cond: Conditioning, options: GenerationOptions) -> None:
         raise ValueError(f"refert_num must be 1 or 5 and below clip_len, not {options.refert_num}")
     if options.sampling_steps < 1:
         raise ValueError("sampling_steps must be >= 1")
+    if not 0.0 <= options.step_cache <= 1.0:
+        raise ValueError(f"step_cache must be in [0, 1], not {options.step_cache}")
     if options.mode not in ("animation", "replacement"):
         raise ValueError(f"mode must be 'animation' or 'replacement', not {options.mode!r}")
     if cond.num_frames < 1:
@@ -179,21 +184,30 @@ def _denoise(
     face_uncond = face * 0 - 1 if guided else None  # official: the unconditional pass sees a black face
     y = y.to(models.dtype)
     pose = pose.to(models.dtype)
+    cache = StepCache(StepCacheOptions(options.step_cache), len(timesteps)) if options.step_cache > 0 else None
     latents = noise
-    for step, t in enumerate(timesteps):
-        if should_cancel is not None and should_cancel():
-            raise Cancelled(f"cancelled at clip {segment[0] + 1}/{segment[1]}, step {step + 1}/{len(timesteps)}")
-        model_input = torch.cat([latents.to(models.dtype), y], dim=1)
-        timestep = t.expand(1)
-        noise_pred = _predict(transformer, model_input, timestep, context, clip_context, pose, face, "cond")
-        if guided:
-            noise_uncond = _predict(
-                transformer, model_input, timestep, context_null, clip_context, pose, face_uncond, "uncond"
-            )
-            noise_pred = noise_uncond + options.guide_scale * (noise_pred - noise_uncond)
-        latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
-        if on_step is not None:
-            on_step(segment[0], segment[1], step, len(timesteps))
+    with installed(transformer, cache) if cache is not None else nullcontext():
+        for step, t in enumerate(timesteps):
+            if should_cancel is not None and should_cancel():
+                raise Cancelled(f"cancelled at clip {segment[0] + 1}/{segment[1]}, step {step + 1}/{len(timesteps)}")
+            model_input = torch.cat([latents.to(models.dtype), y], dim=1)
+            timestep = t.expand(1)
+            if cache is not None:
+                cache.begin_step(step, "cond")
+            noise_pred = _predict(transformer, model_input, timestep, context, clip_context, pose, face, "cond")
+            if guided:
+                if cache is not None:
+                    cache.begin_step(step, "uncond")
+                noise_uncond = _predict(
+                    transformer, model_input, timestep, context_null, clip_context, pose, face_uncond, "uncond"
+                )
+                noise_pred = noise_uncond + options.guide_scale * (noise_pred - noise_uncond)
+            latents = scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+            if on_step is not None:
+                on_step(segment[0], segment[1], step, len(timesteps))
+    if cache is not None:
+        logger.info("step cache: clip %d skipped %d of %d forwards", segment[0] + 1, cache.skipped_steps,
+                    len(cache.decisions))
     return latents
 
 

@@ -1,5 +1,6 @@
 """Speed options on a tiny random WanAnimateTransformer3DModel: each option applies, the default path keeps the
-model's output, the replacement self-attention processor is exact, and step caching is shown to be wrong here."""
+model's output, the replacement self-attention processor is exact, and diffusers' FirstBlockCache is shown to be
+wrong here (the app's own step cache: test_wan_step_cache.py)."""
 
 from __future__ import annotations
 
@@ -189,7 +190,7 @@ def test_rotary_matches_complex_rotation():
 
 
 def test_first_block_cache_is_wrong_on_this_model():
-    """Why step caching is left out: diffusers does not register this model's block class; registering it makes
+    """Why wan/step_cache.py exists: diffusers does not register this model's block class; registering it makes
     FirstBlockCache run, but a cached step with the SAME input does not reproduce the computed output (a correct
     cache would): the face adapters sit outside `blocks` and get added twice."""
     from diffusers.hooks import FirstBlockCacheConfig
@@ -260,6 +261,30 @@ def test_cuda_cudnn_fp8_attention_against_sdpa():
     deviation = rel_l2(out.float(), ref)
     print(f"cuDNN FP8 attention relative L2 vs fp32 SDPA: {deviation:.4f}")
     assert deviation < 0.1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("option", ["fp8_attention", "sage_attention"])
+def test_cuda_kernel_option_compiles_in_a_fresh_process(option):
+    """The kernels' custom ops must exist before compile traces the blocks (registering one inside a trace fails):
+    a fresh process, where nothing registered them yet, runs a compiled forward with the option."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    code = "\n".join([
+        f"import sys; sys.path[:0] = [{str(tests.parent)!r}, {str(tests)!r}]",
+        "from local_runner import load_app_package; load_app_package()",
+        "import torch",
+        "from test_wan_speed import tiny_inputs, tiny_model",
+        "from wan_animate.wan import speed",
+        "model = tiny_model(device='cuda', dtype=torch.bfloat16, head_dim=128)",
+        f"speed.apply_speed_options(model, speed.SpeedOptions({option}=True))",
+        "out = speed.run_forward(model, tiny_inputs(model, device='cuda', dtype=torch.bfloat16))",
+        "assert torch.isfinite(out).all()",
+    ])  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=900)
 
 
 @pytest.mark.gpu

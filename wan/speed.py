@@ -6,10 +6,11 @@ fast path that changes no math beyond bf16 rounding: cuDNN attention through dif
 because they change the numbers. Measured on an H100 (BENCHMARKS.md, `benchmarks/bench_forward.py`): one 720p forward
 12.9 s diffusers default, 11.7 s fast path, 8.6 s with FP8 linears + FP8 attention.
 
-Step caching (diffusers' FirstBlockCache / MagCache) is deliberately not offered: diffusers does not register this
-model's block class, and once registered the cache still gives wrong outputs on this model, because the 8 face
-adapters run between blocks outside the cached `blocks` list, so a skipped step adds their outputs a second time on
-top of a cached residual that already contains them (tests/test_wan_speed.py shows it).
+Step caching is a per-request option of the sampler loop, in wan/step_cache.py. diffusers' own FirstBlockCache /
+MagCache are not used: diffusers does not register this model's block class, and once registered the cache gives
+wrong outputs on this model, because the 8 face adapters run between blocks outside the cached `blocks` list, so a
+skipped step adds their outputs a second time on top of a cached residual that already contains them
+(tests/test_wan_speed.py shows it).
 """
 
 from __future__ import annotations
@@ -96,9 +97,13 @@ def apply_speed_options(
         quantize_block_linears_fp8(transformer)
     if options.attention_backend is not None and on_cuda:
         transformer.set_attention_backend(options.attention_backend)
+    # The kernels' custom ops are registered here, eagerly: registering one inside a compiled trace fails (dynamo
+    # refuses to trace torch.library's schema inference).
     if options.sage_attention:
+        _sage_op()
         use_self_attention_fn(transformer, sage_attention)
     if options.fp8_attention:
+        _cudnn_fp8_op()
         use_self_attention_fn(transformer, cudnn_fp8_attention)
     if options.context_parallel is not None:
         from .parallel import enable_context_parallel

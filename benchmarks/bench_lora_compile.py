@@ -9,7 +9,11 @@ at 480p. Two scenarios:
   prints the load time, the first forward (which pays any recompile), a second forward, and dynamo's graph count;
   then one forward with the same LoRA run eagerly (`eager_blocks`) for the compile-versus-eager trade.
 
-    python benchmarks/bench_lora_compile.py [--fp8] [--scenario relighting|user] --out $OUT
+- `load`: only the loading: each user LoRA loaded and deleted through the app's `load_lora`, and through the loader
+  as it was before 2026-11-23 (PEFT's random init of the new layers, each tensor copied back to the CPU to check it),
+  in alternation, for the speed-up side by side.
+
+    python benchmarks/bench_lora_compile.py [--fp8] [--scenario relighting|user|load] --out $OUT
     python benchmarks/bench_lora_compile.py --tiny --scenario user   # CPU: the tiny model, aot_eager (graph counts)
 """
 
@@ -105,10 +109,49 @@ def run_user_loras(
     return rows
 
 
+def legacy_load_lora(model: torch.nn.Module, path: Path, adapter_name: str) -> None:
+    """The app's user-LoRA loading as it was before 2026-11-23 (for the comparison only)."""
+    from diffusers.loaders import WanLoraLoaderMixin
+    from wan_animate.wan.lora import _cast_adapter, lora_state_dict
+
+    state = WanLoraLoaderMixin._maybe_expand_t2v_lora_for_i2v(model, lora_state_dict(path))
+    model.load_lora_adapter(dict(state), adapter_name=adapter_name, prefix="transformer")
+    params = dict(model.named_parameters())
+    for key, value in state.items():
+        name = key.removeprefix("transformer.")
+        for part in (".lora_A.", ".lora_B."):
+            name = name.replace(part, f"{part}{adapter_name}.")
+        assert torch.allclose(params[name].detach().float().cpu(), value.float().cpu(), rtol=1e-2, atol=1e-3)
+    _cast_adapter(model, adapter_name)
+
+
+def run_load_only(model: torch.nn.Module, folder: Path, repeats: int = 2) -> list[dict]:
+    """Seconds to load + delete each user LoRA, the app's loader and the legacy one alternating."""
+    from wan_animate.wan.lora import load_lora
+    from wan_animate.wan.testing import write_user_lora
+
+    paths = {
+        name: write_user_lora(model, folder / f"user_{name}.safetensors", rank=rank, alpha=rank, seed=i + 10)
+        for i, (name, rank) in enumerate(USER_LORA_RANKS.items())
+    }
+    rows = []
+    for name, path in paths.items():
+        for loader_name, loader in (("app", load_lora), ("legacy", legacy_load_lora)) * repeats:
+            synchronize()
+            start = time.perf_counter()
+            loader(model, path, "timed")
+            synchronize()
+            load_s = time.perf_counter() - start
+            model.delete_adapters(["timed"])
+            rows.append({"lora": name, "rank": USER_LORA_RANKS[name], "loader": loader_name, "load_s": round(load_s, 2)})
+            print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fp8", action="store_true")
-    parser.add_argument("--scenario", choices=("relighting", "user"), default="relighting")
+    parser.add_argument("--scenario", choices=("relighting", "user", "load"), default="relighting")
     parser.add_argument("--rank", type=int, default=128, help="relighting LoRA rank")
     parser.add_argument("--tiny", action="store_true", help="CPU: tiny random model, aot_eager compile")
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
@@ -122,6 +165,12 @@ def main() -> int:
     speed = bench_forward.speed
     model = build_tiny_models().transformer if args.tiny else bench_forward.build_model()
     with tempfile.TemporaryDirectory() as tmp:
+        if args.scenario == "load":
+            rows = run_load_only(model, Path(tmp))
+            result = {"scenario": "load", "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "loads": rows}
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "lora_load.json").write_text(json.dumps(result, indent=2))
+            return 0
         path = write_relighting_checkpoint(model, Path(tmp) / "relighting_lora.ckpt", rank=args.rank)
         adapter = load_relighting_lora(model, path)
         if args.tiny:

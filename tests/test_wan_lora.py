@@ -143,3 +143,19 @@ def test_not_a_lora_is_refused(tmp_path: Path) -> None:
     models = build_tiny_models()
     with pytest.raises(ValueError):
         load_lora(models.transformer, path, "bad")
+
+
+def test_the_load_check_names_missing_and_different_tensors() -> None:
+    """load_lora checks every tensor landed with its values (diffusers can skip keys with a mere warning)."""
+    from wan_animate.wan.lora import _check_loaded
+
+    models = build_tiny_models()
+    raw = original_peft_keys(lora_tensors(models.transformer, rank=2, seed=0))
+    state = load_lora(models.transformer, raw, "checked")
+    _check_loaded(models.transformer, state, "checked")  # as loaded: passes
+    key = next(iter(state))
+    with pytest.raises(RuntimeError, match="0 tensors were not loaded .* 1 differ"):
+        _check_loaded(models.transformer, {**state, key: state[key] + 1.0}, "checked")
+    extra = {"transformer.blocks.0.attn1.to_q.lora_A.weight": state[key]}
+    with pytest.raises(RuntimeError, match="1 tensors were not loaded"):
+        _check_loaded(models.transformer, extra, "other_adapter")

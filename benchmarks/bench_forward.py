@@ -43,6 +43,9 @@ MODES: dict[str, dict[str, Any] | None] = {
     "diffusers_default_perturbed": None,
     "cudnn_eager": {"compile_blocks": False},
     "fast": {},
+    # The fast path with torch's own SDPA dispatch (torch 2.11 picks the same cuDNN kernel) instead of diffusers'
+    # forced "_native_cudnn", which copies q/k/v to contiguous memory first.
+    "fast_sdpa": {"attention_backend": None},
     "fast_sage": {"sage_attention": True},
     "fast_fp8attn": {"fp8_attention": True},
     "fast_fp8": {"fp8_linears": True},

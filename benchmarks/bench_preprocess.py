@@ -678,6 +678,8 @@ def main(argv: list[str] | None = None) -> int:
             elif raw is not None:
                 result["sam2_agreement"][f"{precision} vs {first_name}"] = mask_agreement(first_masks, raw)
             record(row)
+    if cuda:  # before the throughput runs below, which call the sessions without the arena-shrinking run option
+        result["onnx"]["gpu_gib_after_runs"] = onnx_gpu_gib(free_before)
     sessions = onnx_sessions(models)
     batches = (1, 16, 32) if not args.tiny else (1, 4)
     if time.perf_counter() - started < args.budget_s:

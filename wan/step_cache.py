@@ -134,58 +134,47 @@ def relative_change(now: torch.Tensor, before: torch.Tensor) -> float:
     return (diff / scale).item()
 
 
-class _HeadBlock(torch.nn.Module):
-    """Block 0: runs it and lets the cache decide about the rest of the forward."""
+class _CacheWrapper(torch.nn.Module):
+    """A module of the transformer (`inner`, called unchanged) and the cache that decides whether it runs."""
 
-    def __init__(self, block: torch.nn.Module, cache: StepCache) -> None:
+    def __init__(self, inner: torch.nn.Module, cache: StepCache) -> None:
         super().__init__()
-        self.block = block
+        self.inner = inner
         self.cache = cache
 
+
+class _HeadBlock(_CacheWrapper):
+    """Block 0: runs it and lets the cache decide about the rest of the forward."""
+
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        out = self.block(hidden_states, *args, **kwargs)
+        out = self.inner(hidden_states, *args, **kwargs)
         self.cache.after_head(hidden_states, out)
         return out
 
 
-class _SkippableBlock(torch.nn.Module):
+class _SkippableBlock(_CacheWrapper):
     """Blocks 1..N-1: passed through unchanged on a skipped step."""
-
-    def __init__(self, block: torch.nn.Module, cache: StepCache) -> None:
-        super().__init__()
-        self.block = block
-        self.cache = cache
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.cache.skipping:
             return hidden_states
-        return self.block(hidden_states, *args, **kwargs)
+        return self.inner(hidden_states, *args, **kwargs)
 
 
-class _SkippableFaceAdapter(torch.nn.Module):
+class _SkippableFaceAdapter(_CacheWrapper):
     """A face adapter (its output is ADDED to the tokens by the caller): adds nothing on a skipped step."""
-
-    def __init__(self, adapter: torch.nn.Module, cache: StepCache) -> None:
-        super().__init__()
-        self.adapter = adapter
-        self.cache = cache
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.cache.skipping:
             return hidden_states.new_zeros(())
-        return self.adapter(hidden_states, *args, **kwargs)
+        return self.inner(hidden_states, *args, **kwargs)
 
 
-class _CacheTail(torch.nn.Module):
+class _CacheTail(_CacheWrapper):
     """norm_out: its input is where the cached span ends."""
 
-    def __init__(self, norm: torch.nn.Module, cache: StepCache) -> None:
-        super().__init__()
-        self.norm = norm
-        self.cache = cache
-
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.cache.finish_stack(hidden_states))
+        return self.inner(self.cache.finish_stack(hidden_states))
 
 
 @contextmanager

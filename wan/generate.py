@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
+from . import motion_cache
 from .color import match_colors
 from .conditioning import (
     LATENT_CHANNELS,
@@ -185,8 +186,12 @@ def _denoise(
     y = y.to(models.dtype)
     pose = pose.to(models.dtype)
     cache = StepCache(StepCacheOptions(options.step_cache), len(timesteps)) if options.step_cache > 0 else None
+    motion = motion_cache.MotionFeatureCache()  # the face video's features, computed once per branch
     latents = noise
-    with installed(transformer, cache) if cache is not None else nullcontext():
+    with (
+        installed(transformer, cache) if cache is not None else nullcontext(),
+        motion_cache.installed(transformer, motion),
+    ):
         for step, t in enumerate(timesteps):
             if should_cancel is not None and should_cancel():
                 raise Cancelled(f"cancelled at clip {segment[0] + 1}/{segment[1]}, step {step + 1}/{len(timesteps)}")
@@ -194,10 +199,12 @@ def _denoise(
             timestep = t.expand(1)
             if cache is not None:
                 cache.begin_step(step, "cond")
+            motion.begin_forward("cond")
             noise_pred = _predict(transformer, model_input, timestep, context, clip_context, pose, face, "cond")
             if guided:
                 if cache is not None:
                     cache.begin_step(step, "uncond")
+                motion.begin_forward("uncond")
                 noise_uncond = _predict(
                     transformer, model_input, timestep, context_null, clip_context, pose, face_uncond, "uncond"
                 )

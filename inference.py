@@ -42,10 +42,11 @@ class AppSetup(BaseAppSetup):
         description="FP8 weights+activations (torchao, rowwise scales) for every linear of the 40 DiT blocks: about "
         "half the transformer's memory and faster; small numeric deviation (see BENCHMARKS.md).",
     )
-    attention: Literal["default", "sage", "fp8"] = Field(
+    attention: Literal["default", "cudnn", "sage", "fp8"] = Field(
         default="default",
-        description="Self-attention kernel of the DiT blocks: 'default' = cuDNN attention (exact up to bf16), "
-        "'sage' = SageAttention 1 (int8 QK^T), 'fp8' = cuDNN FP8 attention. The last two deviate slightly.",
+        description="Self-attention kernel of the DiT blocks: 'default' = FlashAttention-4 on Hopper/Blackwell GPUs, "
+        "cuDNN attention elsewhere (both exact up to bf16), 'cudnn' = cuDNN attention everywhere, 'sage' = "
+        "SageAttention 1 (int8 QK^T), 'fp8' = cuDNN FP8 attention. The last two deviate slightly.",
     )
     compile: bool = Field(default=True, description="Regional torch.compile of the DiT blocks, warmed up at setup.")
     offload_model: bool = Field(

@@ -115,7 +115,7 @@ def _check_parallel_setup(setup: AppSetup, world_size: int, device: Any) -> None
             f"started on {world_size} processes (context parallel): each GPU holds the whole model, so offload_model "
             "is not available; set it false or start one process",
         )  # fmt: skip
-    if setup.attention != "default":
+    if setup.attention not in ("default", "cudnn"):
         raise InputError(
             "attention_unsupported", "attention",
             f"attention {setup.attention!r} bypasses diffusers' attention dispatcher, which splits attention across "
@@ -200,16 +200,24 @@ def load_runtime(setup: AppSetup) -> Runtime:
         if setup.compile or setup.attention != "default":
             logger.info("offloaded worker: compile and attention=%r are not applied", setup.attention)
     elif device.type == "cuda":
-        from .wan.speed import CompileBudget, SpeedOptions, apply_speed_options, make_example_inputs
+        from .wan.speed import (
+            CompileBudget,
+            SpeedOptions,
+            apply_speed_options,
+            default_uses_flash4,
+            make_example_inputs,
+        )
 
         speed = SpeedOptions(
             fp8_linears=setup.fp8,
             compile_blocks=setup.compile,
             sage_attention=setup.attention == "sage",
+            flash4_attention=setup.attention == "default" and default_uses_flash4(device, context_parallel),
             fp8_attention=setup.attention == "fp8",
             context_parallel=context_parallel,
         )
         wan_models.transformer = apply_speed_options(wan_models.transformer, speed)
+        logger.info("self-attention kernel: %s", _self_attention_kernel(speed))
         if setup.compile:  # pay compilation now for the default request shape (720p landscape, 77 frames)
             budget = CompileBudget.below_recompile_limit()
             height, width = _warmup_size(dist)
@@ -228,6 +236,15 @@ def load_runtime(setup: AppSetup) -> Runtime:
         compile_budget=budget,
         dist=dist,
     )
+
+
+def _self_attention_kernel(speed: Any) -> str:
+    """The DiT blocks' self-attention kernel `speed` (a wan.speed.SpeedOptions) selects, for the log."""
+    for field_name, kernel in (("sage_attention", "SageAttention 1"), ("flash4_attention", "FlashAttention-4"),
+                               ("fp8_attention", "cuDNN FP8")):  # fmt: skip
+        if getattr(speed, field_name):
+            return kernel
+    return f"diffusers backend {speed.attention_backend!r}"
 
 
 def warm_up_adapter_sets(

@@ -130,6 +130,7 @@ def main() -> int:
         distill_load_s = load_random_distill_lora(models)
         print(f"distillation LoRA (random, release layout) loaded in {distill_load_s:.1f} s", flush=True)
     compile_s = 0.0
+    flash4 = False
     if args.offload_first:
         from wan_animate.wan.offload import place_models
         from wan_animate.wan.speed import quantize_offloaded_blocks_fp8
@@ -146,7 +147,11 @@ def main() -> int:
               flush=True)  # fmt: skip
     elif args.fast:
         t = time.perf_counter()
-        options = bench_forward.speed.SpeedOptions(fp8_linears=args.fp8, compile_blocks=not args.no_compile)
+        # The app's default kernel choice; its offloaded workers keep diffusers' attention backend.
+        flash4 = bench_forward.speed.default_uses_flash4("cuda") and not args.offload
+        options = bench_forward.speed.SpeedOptions(
+            fp8_linears=args.fp8, compile_blocks=not args.no_compile, flash4_attention=flash4
+        )
         models.transformer = bench_forward.speed.apply_speed_options(models.transformer, options)
         compile_s = time.perf_counter() - t  # compilation itself happens lazily, inside the first step
     if args.offload and not args.offload_first:
@@ -163,6 +168,7 @@ def main() -> int:
         "resolution": f"{args.width}x{args.height}",
         "frames": args.frames,
         "fast_path": args.fast,
+        "flash4_attention": flash4,
         "fp8_linears": args.fp8,
         "compiled": args.fast and not args.no_compile,
         "offload": args.offload,

@@ -14,6 +14,7 @@ See benchmarks/README.md for the device run (wheels to carry) and BENCHMARKS.md 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -24,6 +25,7 @@ import sys
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,11 @@ MODES: dict[str, dict[str, Any] | None] = {
     # forced "_native_cudnn", which copies q/k/v to contiguous memory first.
     "fast_sdpa": {"attention_backend": None},
     "fast_sage": {"sage_attention": True},
+    # The fast path with FlashAttention-4's bf16 kernel (PyPI flash-attn-4) for the blocks' self-attention.
+    "fast_fa4": {"flash4_attention": True},
+    # The same inside the denoising loop: the face motion features computed in an earlier step (wan/motion_cache.py).
+    "fast_fa4_loop": {"flash4_attention": True, "reuse_motion": True},
+    "fast_fp8_fa4": {"fp8_linears": True, "flash4_attention": True},
     "fast_fp8attn": {"fp8_attention": True},
     "fast_fp8": {"fp8_linears": True},
     "fast_fp8_sage": {"fp8_linears": True, "sage_attention": True},
@@ -55,20 +62,20 @@ MODES: dict[str, dict[str, Any] | None] = {
 COMPILE_ESTIMATE_S = 120.0  # budget guess for one regional compile before it has been measured
 
 
-def load_app_modules() -> tuple[Any, dict[str, Any]]:
-    """wan/speed.py and the 14B transformer config from wan/models.py, with the app folder imported as package
+def load_app_modules() -> tuple[Any, Any, dict[str, Any]]:
+    """wan/speed.py, wan/motion_cache.py and the 14B transformer config from wan/models.py, with the app folder imported as package
     `wan_animate` (torch, diffusers, transformers and opencv are all they need on the GPU machine)."""
     sys.path.insert(0, str(REPO_ROOT))
     from local_runner import load_app_package
 
     load_app_package()
-    from wan_animate.wan import models, speed
+    from wan_animate.wan import models, motion_cache, speed
 
-    return speed, models.ANIMATE_14B_DIFFUSERS_CONFIG
+    return speed, motion_cache, models.ANIMATE_14B_DIFFUSERS_CONFIG
 
 
 # the config of Wan-AI/Wan2.2-Animate-14B-Diffusers/transformer, as the app's loader uses it
-speed, FULL_CONFIG = load_app_modules()
+speed, motion_cache, FULL_CONFIG = load_app_modules()
 
 
 def log(msg: str) -> None:
@@ -94,7 +101,7 @@ def environment() -> dict[str, Any]:
         "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
-    for name in ("triton", "torchao", "sageattention", "nvidia-cudnn-frontend"):
+    for name in ("triton", "torchao", "sageattention", "nvidia-cudnn-frontend", "flash-attn-4", "nvidia-cutlass-dsl"):
         try:
             from importlib.metadata import version
 
@@ -194,6 +201,7 @@ def attention_microbench(token_counts: dict[str, int], heads: int, head_dim: int
         }
         kernels["sage1 (wan/speed.py)"] = speed.sage_attention
         kernels["cudnn_fp8 (wan/speed.py)"] = speed.cudnn_fp8_attention
+        kernels["flash4 (wan/speed.py)"] = speed.flash4_attention
         ref = None
         flops = 4 * tokens * tokens * head_dim * heads
         for name, fn in kernels.items():
@@ -308,9 +316,23 @@ def mode_options(mode: str, weights_are_fp8: bool) -> Any:
     overrides = MODES[mode]
     if overrides is None:
         return None
+    overrides = {k: v for k, v in overrides.items() if k != "reuse_motion"}
     if weights_are_fp8:
         overrides = {**overrides, "fp8_linears": False}
     return speed.SpeedOptions(**overrides)
+
+
+@contextlib.contextmanager
+def reused_motion(model: torch.nn.Module) -> Iterator[None]:
+    """Forwards as in the app's denoising loop: the face motion features computed by the first forward, reused by
+    the later ones (one branch; a forward pre-hook on the model plays the loop's `begin_forward`)."""
+    cache = motion_cache.MotionFeatureCache()
+    handle = model.register_forward_pre_hook(lambda *_args: cache.begin_forward("cond"))
+    try:
+        with motion_cache.installed(model, cache):
+            yield
+    finally:
+        handle.remove()
 
 
 def run_mode(
@@ -319,8 +341,20 @@ def run_mode(
     inputs: dict[str, torch.Tensor],
     reps: int,
     check_syncs: bool,
+    reuse_motion: bool = False,
 ) -> tuple[dict[str, Any], torch.Tensor]:
     """Apply `options` (None: nothing) to the reset model, warm up, time `reps` forwards; returns row and output."""
+    with reused_motion(model) if reuse_motion else contextlib.nullcontext():
+        return _run_mode(model, options, inputs, reps, check_syncs)
+
+
+def _run_mode(
+    model: torch.nn.Module,
+    options: Any,
+    inputs: dict[str, torch.Tensor],
+    reps: int,
+    check_syncs: bool,
+) -> tuple[dict[str, Any], torch.Tensor]:
     row: dict[str, Any] = {}
     setup_start = time.perf_counter()
     if options is not None:
@@ -417,7 +451,8 @@ def main() -> int:
             try:
                 mode_inputs = perturbed(inputs[res]) if mode == "diffusers_default_perturbed" else inputs[res]
                 reps = 1 if mode == "diffusers_default_perturbed" else args.reps
-                measured, output = run_mode(model, options, mode_inputs, reps, args.syncs)
+                reuse = bool(MODES[mode] and MODES[mode].get("reuse_motion"))
+                measured, output = run_mode(model, options, mode_inputs, reps, args.syncs, reuse)
                 row.update(measured)
                 last_forward_s[res] = row["median_s"]
                 if compiles:

@@ -43,6 +43,7 @@ def test_worker_settings_a_parallel_job_runs():
         ({}, 8, torch.device("cuda", 0)),
         ({"context_parallel": "ring"}, 3, torch.device("cuda", 0)),
         ({"fp8": True, "compile": True}, 4, torch.device("cuda", 0)),
+        ({"attention": "cudnn"}, 2, torch.device("cuda", 0)),  # through diffusers' dispatcher: it splits
     ):
         runtime._check_parallel_setup(inference.AppSetup(**setup), world_size, device)
 

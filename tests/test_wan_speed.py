@@ -108,8 +108,50 @@ def test_opt_in_modes_need_cuda():
         speed.apply_speed_options(model, speed.SpeedOptions(sage_attention=True, compile_blocks=False))
     with pytest.raises(RuntimeError, match="CUDA"):
         speed.apply_speed_options(model, speed.SpeedOptions(fp8_attention=True, compile_blocks=False))
-    with pytest.raises(ValueError, match="one of"):
+    with pytest.raises(RuntimeError, match="CUDA"):
+        speed.apply_speed_options(model, speed.SpeedOptions(flash4_attention=True, compile_blocks=False))
+    with pytest.raises(ValueError, match="one self-attention kernel"):
         speed.apply_speed_options(model, speed.SpeedOptions(sage_attention=True, fp8_attention=True))
+    with pytest.raises(ValueError, match="one self-attention kernel"):
+        speed.apply_speed_options(model, speed.SpeedOptions(flash4_attention=True, fp8_attention=True))
+    with pytest.raises(ValueError, match="flash4_attention bypasses"):
+        speed.apply_speed_options(model, speed.SpeedOptions(flash4_attention=True, context_parallel="ulysses"))
+
+
+def test_flash4_is_unavailable_off_hopper_and_blackwell():
+    assert not speed.flash4_available("cpu")
+    assert not speed.default_uses_flash4("cpu")
+
+
+def test_default_falls_back_to_cudnn_when_flash4_fails_its_self_check(monkeypatch, caplog):
+    """Where FA4 imports but its kernel cannot be built or is wrong, the worker logs why and keeps cuDNN attention;
+    under context parallelism it is never tried. (The kernel is faked on the CPU: the real one needs a GPU.)"""
+    monkeypatch.setattr(speed, "flash4_available", lambda device: True)
+
+    def broken(query, key, value):
+        raise RuntimeError("CuTe DSL: cannot compile for this driver")
+
+    monkeypatch.setattr(speed, "flash4_attention", broken)
+    with caplog.at_level("WARNING", logger=speed.__name__):
+        assert not speed.default_uses_flash4("cpu")
+    assert "cuDNN attention instead: RuntimeError: CuTe DSL: cannot compile" in caplog.text
+    monkeypatch.setattr(speed, "flash4_attention", lambda query, key, value: torch.zeros_like(query))
+    assert "relative error 1 " in speed.flash4_self_check("cpu")
+    assert not speed.default_uses_flash4("cpu")
+    monkeypatch.setattr(speed, "flash4_attention", speed.sdpa_attention)
+    assert speed.flash4_self_check("cpu") is None
+    assert speed.default_uses_flash4("cpu")
+    assert not speed.default_uses_flash4("cpu", context_parallel="ulysses")
+
+
+def test_flash4_internal_forward_takes_the_tile_arguments():
+    """The Hopper tile choice goes through flash-attn-4's internal forward: fail here, not on a GPU worker, when an
+    upgrade of the pinned package changes it."""
+    import inspect
+
+    interface = pytest.importorskip("flash_attn.cute.interface")
+    parameters = inspect.signature(interface._flash_attn_fwd).parameters
+    assert {"q", "k", "v", "tile_mn", "mma_pv_is_rs"} <= set(parameters)
 
 
 def test_fp8_per_tensor_quantization_round_trip():
@@ -264,10 +306,42 @@ def test_cuda_cudnn_fp8_attention_against_sdpa():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("option", ["fp8_attention", "sage_attention"])
+def test_cuda_flash4_attention_against_sdpa():
+    if not speed.flash4_available("cuda"):
+        pytest.skip("flash-attn-4 not installed, or not a Hopper/Blackwell GPU")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 1024, 4, 128, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
+    ref = speed.sdpa_attention(q.float(), k.float(), v.float())
+    out = speed.flash4_attention(q, k, v)
+    bf16_kernel = speed.sdpa_attention(q, k, v).float()
+    assert speed.default_uses_flash4("cuda")  # the self-check passes where the kernel runs
+    assert out.shape == q.shape and out.dtype == torch.bfloat16
+    # Exact attention: as close to the float32 reference as torch's own bf16 kernel, within rounding.
+    assert rel_l2(out.float(), ref) < 2 * rel_l2(bf16_kernel, ref) + 1e-3
+
+
+@pytest.mark.gpu
+def test_cuda_flash4_path_keeps_output():
+    if not speed.flash4_available("cuda"):
+        pytest.skip("flash-attn-4 not installed, or not a Hopper/Blackwell GPU")
+    model = tiny_model(device="cuda", dtype=torch.bfloat16, head_dim=128)
+    inputs = tiny_inputs(model, device="cuda", dtype=torch.bfloat16)
+    ref = speed.run_forward(model, inputs).float()
+    torch._dynamo.reset()
+    speed.apply_speed_options(model, speed.SpeedOptions(flash4_attention=True))
+    speed.warmup(model, inputs)
+    out = speed.run_forward(model, inputs).float()
+    torch._dynamo.reset()
+    assert rel_l2(out, ref) < 2e-2  # bf16 rounding of a different kernel order, like the default path
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("option", ["fp8_attention", "sage_attention", "flash4_attention"])
 def test_cuda_kernel_option_compiles_in_a_fresh_process(option):
     """The kernels' custom ops must exist before compile traces the blocks (registering one inside a trace fails):
     a fresh process, where nothing registered them yet, runs a compiled forward with the option."""
+    if option == "flash4_attention" and not speed.flash4_available("cuda"):
+        pytest.skip("flash-attn-4 not installed, or not a Hopper/Blackwell GPU")
     import subprocess
     import sys
     from pathlib import Path

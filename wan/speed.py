@@ -1,10 +1,12 @@
 """Speed options for the Wan-Animate transformer forward: attention backend, regional compile, FP8, 8-bit attention.
 
-`apply_speed_options` changes a `WanAnimateTransformer3DModel` in place (and returns it). The default options are the
+`apply_speed_options` changes a `WanAnimateTransformer3DModel` in place (and returns it). The default options are a
 fast path that changes no math beyond bf16 rounding: cuDNN attention through diffusers' attention dispatcher and
-`torch.compile` of the repeated blocks. FP8 linears (torchao), cuDNN FP8 attention and SageAttention 1 are opt-in
-because they change the numbers. Measured on an H100 (BENCHMARKS.md, `benchmarks/bench_forward.py`): one 720p forward
-12.9 s diffusers default, 11.7 s fast path, 8.6 s with FP8 linears + FP8 attention.
+`torch.compile` of the repeated blocks; the app adds FlashAttention-4 for the blocks' self-attention where
+`default_uses_flash4` says it runs (Hopper/Blackwell, one process). FP8 linears (torchao), cuDNN FP8 attention and
+SageAttention 1 are opt-in because they change the numbers. Measured on an H100 (BENCHMARKS.md,
+`benchmarks/bench_forward.py`): one 720p forward 12.9 s diffusers default, 11.5 s with cuDNN, 10.1 s with
+FlashAttention-4, 8.6 s with FP8 linears + FP8 attention.
 
 Step caching is a per-request option of the sampler loop, in wan/step_cache.py. diffusers' own FirstBlockCache /
 MagCache are not used: diffusers does not register this model's block class, and once registered the cache gives
@@ -15,6 +17,7 @@ skipped step adds their outputs a second time on top of a cached residual that a
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
@@ -22,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from diffusers import WanAnimateTransformer3DModel
@@ -32,6 +37,9 @@ if TYPE_CHECKING:
 # SDPA choice ("native", attention_backend=None) is the same cuDNN kernel (bit-identical output) and was 4% faster
 # eager at 480p, because diffusers' "_native_cudnn" copies q/k/v to contiguous memory; not yet timed compiled.
 DEFAULT_ATTENTION_BACKEND = "_native_cudnn"
+
+# SpeedOptions fields that replace the DiT blocks' self-attention kernel (wan/speed.py's own processor); at most one.
+SELF_ATTENTION_KERNELS = ("sage_attention", "flash4_attention", "fp8_attention")
 
 # Modules compiled one by one ("regional compilation"): the 40 DiT blocks and the 8 face adapters. Each class is
 # compiled once and the compiled code is reused by every instance of that class.
@@ -57,12 +65,16 @@ class SpeedOptions:
     sage_attention: opt-in; SageAttention 1 (int8 Q.K^T, fp16 P.V; a Triton kernel from PyPI `sageattention`
         1.0.6) for the self-attention of the 40 DiT blocks. Cross-attention and face adapters keep
         `attention_backend`. Runs on Hopper but is SLOWER than cuDNN bf16 there (measured); kept for other GPUs.
+    flash4_attention: FlashAttention-4's bf16 kernel (PyPI `flash-attn-4`, CuTe DSL, compiled on first use) for the
+        self-attention of the 40 DiT blocks, on Hopper and Blackwell GPUs. Exact attention like cuDNN's, so it
+        changes no math beyond bf16 rounding. Exclusive with sage_attention and fp8_attention.
     fp8_attention: opt-in; cuDNN's fused FP8 attention (e4m3 Q, K, V, probabilities and output, per-tensor scales)
         through PyPI `nvidia-cudnn-frontend`, for the self-attention of the 40 DiT blocks; 1.3x the bf16 kernel on an
         H100, relative error ~6% per attention call. Exclusive with sage_attention.
     context_parallel: None (one process), or "ulysses" / "ring" to split every forward's token sequence across the
         ranks of the torchrun job (wan/parallel.py). Applied after the attention backend and before compilation;
-        exclusive with sage_attention and fp8_attention (their kernels bypass diffusers' dispatcher).
+        exclusive with sage_attention, flash4_attention and fp8_attention (their kernels bypass diffusers'
+        dispatcher).
     """
 
     attention_backend: str | None = DEFAULT_ATTENTION_BACKEND
@@ -71,6 +83,7 @@ class SpeedOptions:
     compile_mode: str | None = None
     fp8_linears: bool = False
     sage_attention: bool = False
+    flash4_attention: bool = False
     fp8_attention: bool = False
     context_parallel: str | None = None
 
@@ -84,14 +97,15 @@ def apply_speed_options(
     inputs of the shapes the run will use. Order matters: FP8 swaps weights before compile traces them; context
     parallelism checks the attention backend and installs its hooks before compile traces them.
     """
-    if options.sage_attention and options.fp8_attention:
-        raise ValueError("choose one of sage_attention and fp8_attention")
-    if options.context_parallel is not None and (options.sage_attention or options.fp8_attention):
-        raise ValueError("context_parallel splits attention through diffusers' dispatcher; sage_attention and "
-                         "fp8_attention bypass it and cannot be combined with it")
+    kernels = [name for name in SELF_ATTENTION_KERNELS if getattr(options, name)]
+    if len(kernels) > 1:
+        raise ValueError(f"choose one self-attention kernel, got {kernels}")
+    if options.context_parallel is not None and kernels:
+        raise ValueError(f"context_parallel splits attention through diffusers' dispatcher; {kernels[0]} bypasses "
+                         "it and cannot be combined with it")
     on_cuda = next(transformer.parameters()).device.type == "cuda"
-    if (options.fp8_linears or options.sage_attention or options.fp8_attention) and not on_cuda:
-        raise RuntimeError("fp8_linears, sage_attention and fp8_attention need the transformer on a CUDA GPU")
+    if (options.fp8_linears or kernels) and not on_cuda:
+        raise RuntimeError(f"fp8_linears and {SELF_ATTENTION_KERNELS} need the transformer on a CUDA GPU")
 
     if options.fp8_linears:
         quantize_block_linears_fp8(transformer)
@@ -102,6 +116,9 @@ def apply_speed_options(
     if options.sage_attention:
         _sage_op()
         use_self_attention_fn(transformer, sage_attention)
+    if options.flash4_attention:
+        _flash4_op()
+        use_self_attention_fn(transformer, flash4_attention)
     if options.fp8_attention:
         _cudnn_fp8_op()
         use_self_attention_fn(transformer, cudnn_fp8_attention)
@@ -250,6 +267,92 @@ def _sage_op() -> Any:
 def sage_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """SageAttention 1 on [B, S, H, D] bf16 CUDA tensors: int8 per-block Q and K, fp16 P.V, output in q's dtype."""
     return _sage_op()(query.contiguous(), key.contiguous(), value.contiguous())
+
+
+def flash4_available(device: torch.device | str) -> bool:
+    """True when FlashAttention-4 can run on `device`: a Hopper (9.x) or Blackwell (10.x) CUDA GPU and the
+    `flash-attn-4` package importable (its CuTe DSL compiler comes with `nvidia-cutlass-dsl`, no CUDA toolkit)."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    if torch.cuda.get_device_capability(device)[0] not in (9, 10):
+        return False
+    try:
+        import flash_attn.cute  # noqa: F401
+    except Exception:  # missing, or an install whose compiler libraries do not load
+        return False
+    return True
+
+
+# FlashAttention-4's Hopper forward at the model's head dim 128: 192-query x 128-key tiles with P.V read from shared
+# memory ran the 720p self-attention at 712-719 TFLOP/s on an H100 against 680 for the package's default 128 x 128 tiles
+# (flash-attn-4 4.0.0b36; BENCHMARKS.md). Set through the package's internal forward, which its public
+# `flash_attn_func` wraps without exposing tile sizes; requirements.txt pins the version this was measured on.
+FLASH4_SM90_HEAD_DIM = 128
+FLASH4_SM90_TILE = (192, 128)
+
+
+def default_uses_flash4(device: torch.device | str, context_parallel: str | None = None) -> bool:
+    """Whether the default fast path on `device` runs the blocks' self-attention with FlashAttention-4 (1.2x cuDNN's
+    kernel at 720p on an H100, BENCHMARKS.md): where it runs and passes `flash4_self_check`, and not under context
+    parallelism, where attention must go through diffusers' dispatcher to be split across ranks. Otherwise cuDNN's
+    kernel (same math)."""
+    if context_parallel is not None or not flash4_available(device):
+        return False
+    problem = flash4_self_check(device)
+    if problem is not None:
+        logger.warning("FlashAttention-4 unusable here, cuDNN attention instead: %s", problem)
+        return False
+    return True
+
+
+def flash4_self_check(device: torch.device | str) -> str | None:
+    """Run FlashAttention-4 once at the model's head dim on `device` against SDPA; None when it works, else what went
+    wrong. Its first call JIT-compiles the kernel for the model's head dim, so a worker whose driver or libraries
+    cannot build it falls back at setup instead of failing its first request."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (
+        torch.randn(1, 512, 2, FLASH4_SM90_HEAD_DIM, device=device, dtype=torch.bfloat16, generator=generator)
+        for _ in range(3)
+    )
+    try:
+        out = flash4_attention(q, k, v).float()
+    except Exception as exc:  # a CuTe DSL compile or launch failure
+        return f"{type(exc).__name__}: {exc}"
+    ref = sdpa_attention(q.float(), k.float(), v.float())
+    error = ((out - ref).norm() / ref.norm()).item()
+    if not error < 2e-2:  # bf16 rounding is ~3e-3
+        return f"relative error {error:.3g} against float32 SDPA"
+    return None
+
+
+def _flash4_op() -> Any:
+    """The FlashAttention-4 custom op, registered with torch on first use so torch.compile treats the CuTe kernel as
+    one opaque call (dynamo cannot trace the DSL's JIT). The kernel compiles once per shape, in the first call."""
+    namespace = torch.ops.wan_animate
+    if hasattr(namespace, "flash4_attention"):
+        return namespace.flash4_attention
+
+    @torch.library.custom_op("wan_animate::flash4_attention", mutates_args=(), device_types="cuda")
+    def _flash4_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        from flash_attn.cute import flash_attn_func
+        from flash_attn.cute.interface import _flash_attn_fwd
+
+        if torch.cuda.get_device_capability(query.device)[0] == 9 and query.shape[-1] == FLASH4_SM90_HEAD_DIM:
+            return _flash_attn_fwd(query, key, value, tile_mn=FLASH4_SM90_TILE, mma_pv_is_rs=False)[0]
+        out, _lse = flash_attn_func(query, key, value)
+        return out
+
+    @_flash4_attention.register_fake
+    def _(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return torch.empty_like(query)
+
+    return namespace.flash4_attention
+
+
+def flash4_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """FlashAttention-4 (bf16 in, bf16 out, float32 softmax) on [B, S, H, D] CUDA tensors, the kernel's own layout."""
+    return _flash4_op()(query.contiguous(), key.contiguous(), value.contiguous())
 
 
 FP8_E4M3_MAX = 448.0

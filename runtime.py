@@ -37,6 +37,7 @@ class Runtime:
     speed: Any = None  # wan.speed.SpeedOptions applied at load
     compile_budget: Any = None  # wan.speed.CompileBudget when the blocks are compiled
     dist: Any = None  # wan.parallel.DistributedEnv of a torchrun job; None: one process
+    weight_paths: Any = None  # weights.WeightPaths (full preset): where per-request preprocessing models load from
 
     @property
     def context_parallel(self) -> bool:
@@ -183,7 +184,9 @@ def load_runtime(setup: AppSetup) -> Runtime:
 
     cache_dir = Path(setup.cache_dir) if setup.cache_dir else None
     paths = fetch_all(cache_dir, with_flux=setup.enable_flux, with_distill=setup.distill_lora)
-    preprocess_models = load_preprocess_models(paths, device)
+    # Offloaded workers (24-48 GB cards) load the pose models and SAM2 per request: held through generation, their
+    # ~4.4 GiB of GPU memory would not fit beside the loop's 20.7 GiB at 720p on a 24 GB card.
+    preprocess_models = load_preprocess_models(paths, device, per_request=setup.offload_model)
     wan_models = load_models(
         paths, device=device, dtype=torch.bfloat16, offload="model" if setup.offload_model else "none"
     )
@@ -235,6 +238,7 @@ def load_runtime(setup: AppSetup) -> Runtime:
         speed=speed,
         compile_budget=budget,
         dist=dist,
+        weight_paths=paths,
     )
 
 
@@ -473,7 +477,7 @@ def run_job(
     """
     import torch
 
-    from .preprocess import preprocess, save_debug_files
+    from .preprocess import models_for_request, preprocess, save_debug_files
     from .preprocess.video_io import write_video
     from .wan import generate
 
@@ -489,7 +493,8 @@ def run_job(
     out_of_memory = False
     video_path: Path | None = None
     try:
-        cond = preprocess(driving, reference, preprocess_options(inp), runtime.preprocess_models)
+        with models_for_request(runtime.preprocess_models, runtime.weight_paths, runtime.device) as models:
+            cond = preprocess(driving, reference, preprocess_options(inp), models)
         if cond.num_frames > LIMITS.max_output_frames:
             raise InputError(
                 "too_many_frames",

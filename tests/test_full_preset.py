@@ -117,3 +117,28 @@ def test_a_request_runs_through_the_full_preset(
     assert Path(output.video.path).is_file() and output.num_frames == 4
     assert output.output_meta.outputs[0].extra["sampling_steps"] == (4 if distill else 1)
     assert not app.runtime.wan_models.distill.applied
+
+
+def test_offloaded_workers_load_the_pose_models_and_sam2_per_request(full_app: tuple[object, torch.nn.Module]) -> None:
+    """`per_request` (offloaded workers): the ONNX sessions and SAM2 exist only inside the request's block, and are
+    gone after it even while the caller still holds the models object; resident models pass through unchanged."""
+    import gc
+    import weakref
+
+    pipeline = import_app_module("preprocess.pipeline")
+    app, _ = full_app
+    paths, cpu = app.runtime.weight_paths, torch.device("cpu")
+    base = pipeline.load_preprocess_models(paths, cpu, per_request=True)
+    assert base.pose_estimator is None and base.segmenter is None
+    frame = np.asarray(__import__("PIL.Image").Image.open(EXAMPLE / "reference.jpg").convert("RGB"))
+    with pipeline.models_for_request(base, paths, cpu) as models:
+        assert type(models.segmenter).__name__ == "Sam2VideoSegmenter" and models.flux is base.flux
+        session = weakref.ref(models.pose_estimator.pose.runner.session)
+        segmenter = weakref.ref(models.segmenter)
+        assert len(models.pose_estimator(frame[None])) == 1  # the tiny ONNX models run
+    gc.collect()
+    assert session() is None and segmenter() is None
+    assert models.pose_estimator is None and base.pose_estimator is None
+    with pipeline.models_for_request(app.runtime.preprocess_models, paths, cpu) as resident:
+        assert resident is app.runtime.preprocess_models
+    assert resident.pose_estimator is not None

@@ -53,18 +53,19 @@ MODES: dict[str, dict[str, Any] | None] = {
     "fast_fa4": {"flash4_attention": True},
     # The same inside the denoising loop: the face motion features computed in an earlier step (wan/motion_cache.py).
     "fast_fa4_loop": {"flash4_attention": True, "reuse_motion": True},
-    "fast_fp8_fa4": {"fp8_linears": True, "flash4_attention": True},
     "fast_fp8attn": {"fp8_attention": True},
     "fast_fp8": {"fp8_linears": True},
     "fast_fp8_sage": {"fp8_linears": True, "sage_attention": True},
     "fast_fp8_fp8attn": {"fp8_linears": True, "fp8_attention": True},
+    "fast_fp8_fa4": {"fp8_linears": True, "flash4_attention": True},
 }
 COMPILE_ESTIMATE_S = 120.0  # budget guess for one regional compile before it has been measured
 
 
 def load_app_modules() -> tuple[Any, Any, dict[str, Any]]:
-    """wan/speed.py, wan/motion_cache.py and the 14B transformer config from wan/models.py, with the app folder imported as package
-    `wan_animate` (torch, diffusers, transformers and opencv are all they need on the GPU machine)."""
+    """wan/speed.py, wan/motion_cache.py and the 14B transformer config from wan/models.py, with the app folder
+    imported as package `wan_animate` (torch, diffusers, transformers and opencv are all they need on the GPU
+    machine)."""
     sys.path.insert(0, str(REPO_ROOT))
     from local_runner import load_app_package
 

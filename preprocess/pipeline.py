@@ -409,7 +409,7 @@ def _load_pose_and_segmenter(paths: Any, device: Any) -> tuple[PoseEstimator, An
 def models_for_request(models: PreprocessModels, paths: Any, device: Any) -> Iterator[PreprocessModels]:
     """`models` as loaded, or, when their pose models and SAM2 were left out (`per_request`), those loaded for this
     request and dropped after it. Offloaded workers (24-48 GB cards) work this way: onnxruntime holds ~3.5 GiB of GPU
-    memory and SAM2 ~0.9 GiB, outside the transformer loop's 20.7 GiB at 720p, for a few seconds of loading per request.
+    memory and SAM2 ~0.9 GiB, outside the transformer loop's 20.7 GiB at 720p; the price is loading them per request.
     """
     if models.pose_estimator is not None:
         yield models

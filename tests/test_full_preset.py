@@ -125,12 +125,14 @@ def test_offloaded_workers_load_the_pose_models_and_sam2_per_request(full_app: t
     import gc
     import weakref
 
+    from PIL import Image
+
     pipeline = import_app_module("preprocess.pipeline")
     app, _ = full_app
     paths, cpu = app.runtime.weight_paths, torch.device("cpu")
     base = pipeline.load_preprocess_models(paths, cpu, per_request=True)
     assert base.pose_estimator is None and base.segmenter is None
-    frame = np.asarray(__import__("PIL.Image").Image.open(EXAMPLE / "reference.jpg").convert("RGB"))
+    frame = np.asarray(Image.open(EXAMPLE / "reference.jpg").convert("RGB"))
     with pipeline.models_for_request(base, paths, cpu) as models:
         assert type(models.segmenter).__name__ == "Sam2VideoSegmenter" and models.flux is base.flux
         session = weakref.ref(models.pose_estimator.pose.runner.session)

@@ -308,8 +308,8 @@ def default_uses_flash4(device: torch.device | str, context_parallel: str | None
 
 def flash4_self_check(device: torch.device | str) -> str | None:
     """Run FlashAttention-4 once at the model's head dim on `device` against SDPA; None when it works, else what went
-    wrong. Its first call JIT-compiles the kernel for the model's head dim, so a worker whose driver or libraries
-    cannot build it falls back at setup instead of failing its first request."""
+    wrong. Its first call JIT-compiles the kernel at the model's head dim (the blocks then reuse it), so a worker
+    whose driver or libraries cannot build it falls back at setup instead of failing its first request."""
     generator = torch.Generator(device=device).manual_seed(0)
     q, k, v = (
         torch.randn(1, 512, 2, FLASH4_SM90_HEAD_DIM, device=device, dtype=torch.bfloat16, generator=generator)
@@ -328,7 +328,8 @@ def flash4_self_check(device: torch.device | str) -> str | None:
 
 def _flash4_op() -> Any:
     """The FlashAttention-4 custom op, registered with torch on first use so torch.compile treats the CuTe kernel as
-    one opaque call (dynamo cannot trace the DSL's JIT). The kernel compiles once per shape, in the first call."""
+    one opaque call (dynamo cannot trace the DSL's JIT). The package compiles its kernel on first use and keeps it per
+    dtype, head dim and tile configuration (not per sequence length)."""
     namespace = torch.ops.wan_animate
     if hasattr(namespace, "flash4_attention"):
         return namespace.flash4_attention

@@ -279,10 +279,15 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save(results: dict[str, Any], out_dir: Path) -> None:
+def write_results(results: dict[str, Any], report: str, out_dir: Path) -> None:
+    """`results` as out_dir/results.json and the markdown `report` as out_dir/results.md (every benchmark's layout)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    (out_dir / "results.md").write_text(markdown(results))
+    (out_dir / "results.md").write_text(report)
+
+
+def save(results: dict[str, Any], out_dir: Path) -> None:
+    write_results(results, markdown(results), out_dir)
 
 
 def perturbed(inputs: dict[str, torch.Tensor], seed: int = 1) -> dict[str, torch.Tensor]:

@@ -133,9 +133,7 @@ def markdown(results: dict[str, Any]) -> str:
 def save(results: dict[str, Any], out_dir: Path) -> None:
     if dist.get_rank() != 0:
         return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    (out_dir / "results.md").write_text(markdown(results))
+    bench_forward.write_results(results, markdown(results), out_dir)
 
 
 def environment(device: torch.device) -> dict[str, Any]:

@@ -134,9 +134,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def save(results: dict[str, Any], out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
-    (out_dir / "results.md").write_text(markdown(results))
+    bench_forward.write_results(results, markdown(results), out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Shared test set-up: the app folder importable as `wan_animate`, paths to the real fixtures."""
+"""Shared test set-up: the app folder importable as `wan_animate`, paths to the real fixtures in tests/fixtures."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ from local_runner import load_app_package  # noqa: E402
 
 load_app_package()
 
-FIXTURES = APP_ROOT.parent / "shared" / "fixtures"
+FIXTURES = APP_ROOT / "tests" / "fixtures"
 
 
 def fixture_path(name: str) -> Path:
-    """A file from ../shared/fixtures; skip the test when the fixtures are not checked out."""
+    """A file from tests/fixtures (committed with the repository): a missing one fails the test, never skips it."""
     path = FIXTURES / name
-    if not path.exists():
-        pytest.skip(f"fixture {name} not present at {FIXTURES}")
+    if not path.is_file():
+        pytest.fail(f"fixture {name} missing from {FIXTURES} (it is part of the repository: restore it)")
     return path
 
 

@@ -26,6 +26,16 @@ logger = logging.getLogger("wan_animate")
 
 DEFAULT_PROMPT = "视频中的人在做动作"  # the model's own default prompt ("the person in the video is moving")
 MAX_SEED = 2**32 - 1
+# `resolution` presets: (width, height) whose product is the target area. 480p is the area of 854x480 (16:9 480p), not
+# Wan's 832x480: with 832*480 a 16:9 input floors to 832x464, with 854*480 it gives 848x480, and an 832:480 input still
+# gives exactly 832x480. 580p reads as its name (1024x576, 16:9 at the multiple of 16 nearest 580 lines).
+RESOLUTION_PRESETS: dict[str, tuple[int, int]] = {"480p": (854, 480), "580p": (1024, 576), "720p": (1280, 720)}
+# x264 CRF per `video_quality` (lower = better, larger; +6 is about half the bitrate). 18 is what the app always wrote
+# ("visually lossless" in ffmpeg's H.264 guide), 23 x264's default, 28 the guide's upper end of the sane range, 12
+# for keeping grain and fine detail for later edits (lossless 0 would leave the yuv420p High profile players expect).
+VIDEO_QUALITY_CRF: dict[str, int] = {"low": 28, "medium": 23, "high": 18, "maximum": 12}
+RESOLUTION_DEFAULT = (1280, 720)  # resolution_width/resolution_height defaults: "take the preset"
+MIN_RESOLUTION_SIDE, MAX_RESOLUTION_SIDE = 256, 1920
 
 
 class AppSetup(BaseAppSetup):
@@ -93,12 +103,23 @@ class AppInput(BaseAppInput):
         description="'animation': the character performs the motion on the reference image's background. "
         "'replacement': the character replaces the person inside the driving video's scene, relit to match.",
     )
+    resolution: Literal["480p", "580p", "720p"] = Field(
+        default="720p",
+        description="Output size preset, as the hosted Wan-Animate APIs name them: the target AREA of 854x480, "
+        "1024x576 or 1280x720 (a 16:9 input gives 848x480, 1024x576, 1280x720). The aspect ratio is the input's "
+        "(reference image in animation mode, driving video in replacement mode), each side floored to a multiple "
+        "of 16. resolution_width/resolution_height override it when either is set to a value other than its "
+        "default.",
+    )
     resolution_width: int = Field(
-        default=1280, ge=512, le=1920,
-        description="Target area is width x height; the aspect ratio is the input's (reference image in "
-        "animation mode, driving video in replacement mode), each side floored to a multiple of 16.",
+        default=RESOLUTION_DEFAULT[0], ge=MIN_RESOLUTION_SIDE, le=MAX_RESOLUTION_SIDE,
+        description="Custom target area width x height instead of the `resolution` preset (used when width or "
+        "height differs from its default 1280x720; e.g. 832x480 for Wan's own 480p area). Same aspect rule.",
     )  # fmt: skip
-    resolution_height: int = Field(default=720, ge=512, le=1920, description="See resolution_width.")
+    resolution_height: int = Field(
+        default=RESOLUTION_DEFAULT[1], ge=MIN_RESOLUTION_SIDE, le=MAX_RESOLUTION_SIDE,
+        description="See resolution_width.",
+    )  # fmt: skip
     fps: float = Field(
         default=30, description="Output frame rate; the driving video is resampled to it. -1 keeps the source rate."
     )
@@ -134,8 +155,20 @@ class AppInput(BaseAppInput):
     )
     offload_model: bool = Field(
         default=False,
-        description="Keep text encoder, CLIP and VAE off the GPU while idle and stream the transformer's "
-        "blocks: fits a 24-48 GB card, slower.",
+        description="Accepted for compatibility with the seed app's requests and ignored (a warning is logged): "
+        "where the model lives is the worker's setup (AppSetup.offload_model, the 24-48 GB configuration). Per "
+        "request it would only slow a resident worker down.",
+    )
+    merge_audio: bool = Field(
+        default=True,
+        description="Copy the driving video's audio (if it has any) into the output, cut to its length. false: a "
+        "silent MP4.",
+    )
+    video_quality: Literal["low", "medium", "high", "maximum"] = Field(
+        default="high",
+        description="H.264 quality of the output (x264 CRF 28 / 23 / 18 / 12): 'high' (CRF 18) looks like the "
+        "frames themselves; 'medium' is x264's default, about half the file size; 'low' about a quarter, visible "
+        "artefacts in motion; 'maximum' about twice 'high', for further editing.",
     )
     color_match: bool = Field(
         default=True, description="Match each new clip's colours to the frames it continues (stops drift)."
@@ -186,6 +219,21 @@ class AppInput(BaseAppInput):
             values.update({k: v for k, v in RECOMMENDED_SAMPLING.items() if values[k] == fields[k].default})
         return values
 
+    def target_resolution(self) -> tuple[int, int]:
+        """(width, height) whose product is the target area: the custom resolution_width/resolution_height when
+        either differs from its default (1280x720), else the `resolution` preset.
+
+        Same rule as sampling_settings: forms and API clients send every field with its default, so "at its
+        default" means "from the preset"; a request without `resolution` (the 720p default, = 1280x720) gets the
+        frame size it got before presets existed, whatever width/height it sets.
+        """
+        custom = (self.resolution_width, self.resolution_height)
+        return custom if custom != RESOLUTION_DEFAULT else RESOLUTION_PRESETS[self.resolution]
+
+    def video_crf(self) -> int:
+        """The x264 CRF the output is encoded with (from `video_quality`)."""
+        return VIDEO_QUALITY_CRF[self.video_quality]
+
     @field_validator("fps")
     @classmethod
     def _fps_valid(cls, value: float) -> float:
@@ -212,7 +260,9 @@ class AppInput(BaseAppInput):
 
 
 class AppOutput(BaseAppOutput):
-    video: File = Field(description="The generated MP4 (H.264, with the driving video's audio when it has one).")
+    video: File = Field(
+        description="The generated MP4 (H.264, with the driving video's audio when it has one and merge_audio is set)."
+    )
     seed: int = Field(description="The seed used.")
     num_frames: int = Field(description="Frames in the output video.")
     fps: float = Field(description="Frame rate of the output video.")

@@ -285,10 +285,11 @@ def warm_up_adapter_sets(
 def preprocess_options(inp: AppInput) -> Any:
     from .preprocess import PreprocessOptions
 
+    width, height = inp.target_resolution()  # the `resolution` preset, or the custom width/height
     return PreprocessOptions(
         mode=inp.mode,
-        resolution_width=inp.resolution_width,
-        resolution_height=inp.resolution_height,
+        resolution_width=width,
+        resolution_height=height,
         fps=inp.fps,
         retarget_flag=inp.retarget_flag,
         use_flux=inp.use_flux,
@@ -318,7 +319,7 @@ def generation_options(inp: AppInput, seed: int, loras: list[tuple[Path, float]]
         prompt=inp.input_prompt,
         n_prompt=inp.n_prompt,
         color_match=inp.color_match,
-        offload=inp.offload_model,
+        offload="none",  # the worker's placement (its setup) decides; the request's offload_model is ignored
         loras=loras,
         distill=inp.distill,
         step_cache=inp.step_cache,
@@ -384,18 +385,36 @@ def request_adapter_names(wan_models: Any, relighting: bool, distill: bool) -> t
     return tuple(names)
 
 
+def ignore_request_offload(runtime: Runtime, inp: AppInput) -> bool:
+    """Log what a request's `offload_model: true` does: nothing. Returns True when it was set (and ignored).
+
+    Where the model lives is the worker's setup (AppSetup.offload_model). Honoured per request, it would make a
+    resident worker move the 35 GB transformer to pinned CPU memory and back and stream its 40 blocks uncompiled,
+    many times slower, for no gain; clients copying the seed app's requests send it. An offloaded worker is
+    offloaded already; a torchrun worker's GPUs each hold the whole model.
+    """
+    if not inp.offload_model:
+        return False
+    if getattr(runtime.wan_models, "offload", "none") == "model":
+        logger.info("offload_model: this worker is offloaded already (its setup); nothing changes for this request")
+    else:
+        logger.warning(
+            "offload_model=true in the request is ignored: this worker keeps the whole model on the GPU, and "
+            "streaming its blocks from the CPU would only make this request slower. Offloading is a worker setting "
+            "(AppSetup.offload_model, the 24-48 GB configuration)."
+        )
+    return True
+
+
 def runs_compiled(runtime: Runtime, inp: AppInput, height: int, width: int, loras: list[tuple[Path, float]]) -> bool:
     """Whether this request may use the compiled blocks, or must run them eagerly (they come back after it).
 
-    Eager: offload_model (group offload and compiled blocks do not mix); user LoRAs (every rank set and scale would
-    compile a new graph that no later request is likely to reuse); a new signature once the worker's compile budget
-    is spent (see wan.speed.CompileBudget).
+    Eager: user LoRAs (every rank set and scale would compile a new graph that no later request is likely to reuse);
+    a new signature once the worker's compile budget is spent (see wan.speed.CompileBudget). The request's
+    offload_model is no reason: it is ignored (see ignore_request_offload).
     """
     if runtime.speed is None or not runtime.speed.compile_blocks or runtime.compile_budget is None:
         return True
-    if inp.offload_model:
-        logger.info("offload_model: the transformer blocks run uncompiled for this request")
-        return False
     if loras:
         logger.info("user LoRAs: the transformer blocks run uncompiled for this request")
         return False
@@ -422,12 +441,13 @@ def _blocks_for_request(runtime: Runtime, compiled: bool) -> Iterator[None]:
 
 
 def _oom_error(inp: AppInput) -> InputError:
-    hint = "set offload_model=true, " if not inp.offload_model else ""
+    width, height = inp.target_resolution()
     return InputError(
         "gpu_out_of_memory",
-        "resolution_width",
-        f"the GPU ran out of memory at {inp.resolution_width}x{inp.resolution_height}, clip_len {inp.clip_len}. "
-        f"Lower resolution_width/resolution_height, {hint}or lower clip_len (e.g. 49), and try again.",
+        "resolution",
+        f"the GPU ran out of memory at a {width}x{height} area, clip_len {inp.clip_len}. Ask for less: resolution "
+        "'480p' (or a smaller resolution_width/resolution_height), or a lower clip_len (e.g. 49); or use a worker set "
+        "up with offload_model (24-48 GB configuration).",
     )
 
 
@@ -484,12 +504,7 @@ def run_job(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     loras = _user_loras(inp)
-    if runtime.context_parallel and inp.offload_model:
-        raise InputError(
-            "offload_unsupported", "offload_model",
-            f"this worker splits each step across {runtime.dist.world_size} GPUs, each holding the whole model; "
-            "set offload_model=false",
-        )  # fmt: skip
+    ignore_request_offload(runtime, inp)
     out_of_memory = False
     video_path: Path | None = None
     try:
@@ -526,9 +541,10 @@ def run_job(
                     video_path,
                     _counted(clips, written),
                     fps=cond.fps,
-                    audio_from=driving,
+                    audio_from=driving if inp.merge_audio else None,
                     audio_duration=cond.num_frames / cond.fps,
                     work_dir=work_dir,
+                    crf=inp.video_crf(),
                 )
             else:
                 _drain(clips, written)

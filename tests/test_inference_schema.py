@@ -28,6 +28,34 @@ def test_defaults_are_the_documented_ones() -> None:
     assert inp.input_prompt == "" and inp.n_prompt == "" and inp.offload_model is False
     assert inp.retarget_flag is False and inp.use_flux is False and inp.distill is False
     assert inp.sampling_settings() == {"sampling_steps": 20, "shift": 5.0, "sample_solver": "dpm++", "guide_scale": 1.0}
+    assert inp.resolution == "720p" and inp.target_resolution() == (1280, 720)
+    assert inp.merge_audio is True and inp.video_quality == "high" and inp.video_crf() == 18  # the CRF used before
+
+
+def test_resolution_presets_and_the_custom_override() -> None:
+    assert inference.RESOLUTION_PRESETS == {"480p": (854, 480), "580p": (1024, 576), "720p": (1280, 720)}
+    for preset, area in inference.RESOLUTION_PRESETS.items():
+        assert make(resolution=preset).target_resolution() == area
+    # A client that sends every field with its default (a form) gets the preset it asked for.
+    assert make(resolution="480p", resolution_width=1280, resolution_height=720).target_resolution() == (854, 480)
+    parsed = AppInput.model_validate_json('{"driving_video": {"path": "/tmp/d.mp4"}, "reference_image": '
+                                          '{"path": "/tmp/r.png"}, "resolution": "580p", "resolution_width": 1280, '
+                                          '"resolution_height": 720}')  # fmt: skip
+    assert parsed.target_resolution() == (1024, 576)
+    # Width/height other than their defaults are the custom area, whatever the preset.
+    assert make(resolution="480p", resolution_width=832, resolution_height=480).target_resolution() == (832, 480)
+    assert make(resolution="720p", resolution_width=832, resolution_height=480).target_resolution() == (832, 480)
+    # Requests from before presets (no `resolution`): the same target area as then.
+    for width, height in ((1280, 720), (1920, 1080), (512, 512), (1024, 720), (1280, 960)):
+        assert make(resolution_width=width, resolution_height=height).target_resolution() == (width, height)
+    assert make(resolution_width=1920).target_resolution() == (1920, 720)  # one side set: the other's default
+
+
+def test_video_quality_presets_are_ordered_crfs() -> None:
+    crf = inference.VIDEO_QUALITY_CRF
+    assert set(crf) == set(AppInput.model_json_schema()["properties"]["video_quality"]["enum"])
+    assert crf["low"] > crf["medium"] > crf["high"] > crf["maximum"] > 0  # lower CRF = higher quality
+    assert {q: make(video_quality=q).video_crf() for q in crf} == crf
 
 
 def test_distill_brings_the_loras_settings_where_the_request_has_defaults() -> None:
@@ -51,8 +79,10 @@ def test_distill_brings_the_loras_settings_where_the_request_has_defaults() -> N
 @pytest.mark.parametrize(
     ("field", "ok", "bad"),
     [
-        ("resolution_width", [512, 1920], [511, 1921]),
-        ("resolution_height", [512, 1920], [511, 1921]),
+        ("resolution", ["480p", "580p", "720p"], ["1080p", "480", "", "720P"]),
+        ("resolution_width", [256, 832, 1920], [255, 1921]),
+        ("resolution_height", [256, 480, 1920], [255, 1921]),
+        ("video_quality", ["low", "medium", "high", "maximum"], ["best", "", "18"]),
         ("fps", [-1, 1, 60, 23.976], [0, -2, 0.5, 61]),
         ("clip_len", [5, 77, 81, 121], [4, 6, 76, 78, 125, 1]),
         ("refert_num", [1, 5], [0, 2, 77]),
@@ -119,7 +149,7 @@ def test_schema_lists_every_input_with_description() -> None:
         "driving_video", "reference_image", "mode", "resolution_width", "resolution_height", "fps", "retarget_flag",
         "use_flux", "clip_len", "refert_num", "shift", "sample_solver", "sampling_steps", "guide_scale", "seed",
         "input_prompt", "n_prompt", "offload_model", "mask_iterations", "mask_kernel_size", "mask_w_subdivisions",
-        "mask_h_subdivisions", "distill",
+        "mask_h_subdivisions", "distill", "resolution", "merge_audio", "video_quality",
     }  # fmt: skip
     assert expected <= set(schema["properties"])
     for name in expected:
@@ -156,7 +186,7 @@ def test_schema_accepts_exactly_the_documented_region(clip_len: int, refert_num:
         and clip_len % 4 == 1
         and refert_num in (1, 5)
         and refert_num < clip_len
-        and 512 <= width <= 1920
+        and 256 <= width <= 1920
         and (fps == -1 or 1 <= fps <= 60)
     )
     try:

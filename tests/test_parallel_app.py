@@ -3,8 +3,6 @@ clip splittable. The 2-process runs themselves are in test_wan_parallel.py and t
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from wan_animate.wan.parallel import DistributedEnv, clip_tokens
@@ -61,16 +59,15 @@ def parallel_runtime(world_size: int) -> object:
     )
 
 
-def test_a_parallel_worker_refuses_offload_requests_before_any_work(tmp_path: Path):
+def test_a_parallel_worker_ignores_a_requests_offload_model(caplog: pytest.LogCaptureFixture):
+    # Like every resident worker (issue 15.7): each GPU holds the whole model, the request runs as if unset.
     inp = inference.AppInput(
         driving_video={"path": "/nonexistent.mp4"}, reference_image={"path": "/nonexistent.png"}, offload_model=True
     )
-    with pytest.raises(InputError) as info:
-        runtime.run_job(
-            parallel_runtime(2), inp, driving=Path("/nonexistent.mp4"), reference=Path("/nonexistent.png"), seed=0,
-            work_dir=tmp_path, out_dir=tmp_path,
-        )  # fmt: skip
-    assert info.value.field == "offload_model"
+    with caplog.at_level("WARNING", logger="wan_animate"):
+        assert runtime.ignore_request_offload(parallel_runtime(2), inp) is True
+    assert any("offload_model=true in the request is ignored" in r.getMessage() for r in caplog.records)
+    assert runtime.generation_options(inp, seed=0, loras=[]).offload == "none"
 
 
 def test_a_clip_the_processes_cannot_split_evenly_is_centre_cropped():

@@ -56,11 +56,19 @@ def test_the_distillation_adapter_is_part_of_the_signature() -> None:
     assert rt.compile_budget.compiled == {(720, 1280, 77, ()), (720, 1280, 77, ("distill",))}
 
 
-def test_offload_and_user_loras_run_eagerly_without_spending_the_budget() -> None:
+def test_user_loras_run_eagerly_without_spending_the_budget() -> None:
     rt = compiled_runtime(max_signatures=4)
-    assert not runtime_module.runs_compiled(rt, request(offload_model=True), 720, 1280, [])
     assert not runtime_module.runs_compiled(rt, request(), 720, 1280, [(Path("style.safetensors"), 1.0)])
     assert rt.compile_budget.compiled == set()
+
+
+def test_a_requests_offload_model_does_not_make_a_resident_worker_run_eagerly() -> None:
+    # It is ignored (runtime.ignore_request_offload): the request runs compiled like any other.
+    rt = compiled_runtime(max_signatures=4)
+    assert runtime_module.runs_compiled(rt, request(offload_model=True), 720, 1280, [])
+    assert rt.compile_budget.compiled == {(720, 1280, 77, ())}
+    options = runtime_module.generation_options(request(offload_model=True), seed=0, loras=[])
+    assert options.offload == "none"  # the worker's placement decides (offload_session keeps a 'model' worker)
 
 
 def test_uncompiled_workers_are_not_touched() -> None:

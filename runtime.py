@@ -389,7 +389,7 @@ def ignore_request_offload(runtime: Runtime, inp: AppInput) -> bool:
     """Log what a request's `offload_model: true` does: nothing. Returns True when it was set (and ignored).
 
     Where the model lives is the worker's setup (AppSetup.offload_model). Honoured per request, it would make a
-    resident worker move the 35 GB transformer to pinned CPU memory and back and stream its 40 blocks uncompiled,
+    resident worker move the transformer and encoders (~46 GB) to the CPU and back and stream the 40 blocks uncompiled,
     many times slower, for no gain; clients copying the seed app's requests send it. An offloaded worker is
     offloaded already; a torchrun worker's GPUs each hold the whole model.
     """

@@ -1,4 +1,4 @@
-"""The app under torchrun (context parallel): worker settings it refuses, requests it refuses, and how it makes a
+"""The app under torchrun (context parallel): worker settings it refuses, a request's offload_model it ignores, and how it makes a
 clip splittable. The 2-process runs themselves are in test_wan_parallel.py and test_local_runner.py."""
 
 from __future__ import annotations

@@ -35,6 +35,8 @@ RESOLUTION_PRESETS: dict[str, tuple[int, int]] = {"480p": (854, 480), "580p": (1
 # for keeping grain and fine detail for later edits (lossless 0 would leave the yuv420p High profile players expect).
 VIDEO_QUALITY_CRF: dict[str, int] = {"low": 28, "medium": 23, "high": 18, "maximum": 12}
 RESOLUTION_DEFAULT = (1280, 720)  # resolution_width/resolution_height defaults: "take the preset"
+# Custom width/height bounds. The model itself needs only 16-pixel multiples (VAE stride 8 x patch 2, after the
+# floor); 256 (16 tokens a side) lets 832x480 and smaller previews through while keeping a person drawable.
 MIN_RESOLUTION_SIDE, MAX_RESOLUTION_SIDE = 256, 1920
 
 

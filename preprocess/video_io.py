@@ -188,12 +188,20 @@ def target_size(width: int, height: int, area: int, divisor: int = 16) -> tuple[
     The official `calculate_new_size` calls its inner `check_valid(w, h)` with three arguments, so it
     raises TypeError on the first candidate; `resize_by_area` catches every exception and uses its
     fallback, which is therefore the rule that always runs: h = sqrt(area / aspect), w = area / h,
-    each floored to a multiple of `divisor`. We reproduce that fallback.
+    each floored to a multiple of `divisor`. We reproduce that fallback. An input so elongated that a side would floor
+    to 0 (official: a crash) is an InputError.
     """
     aspect = width / height
     new_h = math.sqrt(area / aspect)
     new_w = area / new_h
-    return int((new_w // divisor) * divisor), int((new_h // divisor) * divisor)
+    out_w, out_h = int((new_w // divisor) * divisor), int((new_h // divisor) * divisor)
+    if out_w < divisor or out_h < divisor:
+        raise InputError(
+            "aspect_ratio_too_extreme", "resolution",
+            f"a {width}x{height} input at a target area of {area} pixels gives a side under {divisor} pixels; crop the "
+            "input to a less elongated shape or ask for a larger resolution",
+        )  # fmt: skip
+    return out_w, out_h
 
 
 def letterbox(img: np.ndarray, height: int, width: int, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:

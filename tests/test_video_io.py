@@ -89,6 +89,14 @@ def test_target_size_effective_official_rule():
     assert vio.target_size(498, 884, 1280 * 720) == (720, 1264)
 
 
+def test_target_size_refuses_a_side_that_floors_to_nothing():
+    assert vio.target_size(3840, 16, 256 * 256) == (3952, 16)  # 240:1 still gives 16-pixel rows
+    for width, height in ((3840, 14), (14, 3840), (5120, 10)):  # a 0-pixel side (the official code crashes)
+        with pytest.raises(InputError) as info:
+            vio.target_size(width, height, 256 * 256)
+        assert (info.value.code, info.value.field) == ("aspect_ratio_too_extreme", "resolution")
+
+
 def test_letterbox_bars_and_truncation():
     white = np.full((50, 100, 3), 255, np.uint8)  # wide image into a square
     out = vio.letterbox(white, 100, 100)

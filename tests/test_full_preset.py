@@ -27,11 +27,13 @@ DATA = APP_ROOT / "tests" / "data"
 
 
 def snapshot(cache: Path, repo_id: str) -> Path:
-    """An empty snapshot folder of `repo_id` at COMMIT, with refs/main pointing at it (huggingface_hub's layout)."""
+    """An empty snapshot folder of `repo_id` at COMMIT (or the commit weights.py pins for it), with refs/main pointing
+    at it (huggingface_hub's layout)."""
+    commit = weights.DISTILL_LORA_REVISION if repo_id == weights.DISTILL_LORA_REPO else COMMIT
     repo = cache / f"models--{repo_id.replace('/', '--')}"
     (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(COMMIT)
-    folder = repo / "snapshots" / COMMIT
+    (repo / "refs" / "main").write_text(commit)
+    folder = repo / "snapshots" / commit
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

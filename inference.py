@@ -129,7 +129,7 @@ class AppInput(BaseAppInput):
     )  # fmt: skip
     seed: int = Field(default=-1, ge=-1, le=MAX_SEED, description="Random seed; -1 picks one (returned).")
     # Schema examples: the CLI's generated sample input takes a field's example, else its default unless empty, else
-    # "example_string" (tests/test_inference_schema.py builds it that way), so the prompts carry real ones.
+    # "example_string" (tests/test_deploy.py builds it that way), so the prompts carry real ones.
     input_prompt: str = Field(
         default="", max_length=2000, description=f"Prompt; empty uses the model's default ({DEFAULT_PROMPT!r}).",
         json_schema_extra={"example": DEFAULT_PROMPT},

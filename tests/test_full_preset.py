@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tiny_onnx
 import torch
+from wan_animate.preprocess.smoke_models import write_detector, write_vitpose
 
 from local_runner import APP_ROOT, import_app_module
 
@@ -27,11 +27,13 @@ DATA = APP_ROOT / "tests" / "data"
 
 
 def snapshot(cache: Path, repo_id: str) -> Path:
-    """An empty snapshot folder of `repo_id` at COMMIT, with refs/main pointing at it (huggingface_hub's layout)."""
+    """An empty snapshot folder of `repo_id` at COMMIT (or the commit weights.py pins for it), with refs/main pointing
+    at it (huggingface_hub's layout)."""
+    commit = weights.DISTILL_LORA_REVISION if repo_id == weights.DISTILL_LORA_REPO else COMMIT
     repo = cache / f"models--{repo_id.replace('/', '--')}"
     (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(COMMIT)
-    folder = repo / "snapshots" / COMMIT
+    (repo / "refs" / "main").write_text(commit)
+    folder = repo / "snapshots" / commit
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -44,9 +46,9 @@ def write_release(cache: Path) -> torch.nn.Module:
     testing.write_relighting_checkpoint(tiny.transformer, original / "relighting_lora.ckpt")
     # One confident person box over the middle of the 640x640 detector input: x1, y1, x2, y2, score, class.
     (original / "process_checkpoint/det").mkdir(parents=True)
-    tiny_onnx.write_detector(original / "process_checkpoint/det/yolov10m.onnx", np.array([[160, 60, 480, 620, 0.9, 0]]))
+    write_detector(original / "process_checkpoint/det/yolov10m.onnx", np.array([[160, 60, 480, 620, 0.9, 0]]))
     weight = np.random.default_rng(0).normal(size=(133, 3)).astype(np.float32)
-    tiny_onnx.write_vitpose(original / "process_checkpoint/pose2d/vitpose_h_wholebody.onnx", weight)
+    write_vitpose(original / "process_checkpoint/pose2d/vitpose_h_wholebody.onnx", weight)
     keys = json.loads((DATA / "sam2_hiera_tiny_keys.json").read_text())["keys"]
     generator = torch.Generator().manual_seed(0)
     sam2 = {key: torch.randn(shape, generator=generator) * 0.02 for key, shape in keys.items()}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from tiny_onnx import write_detector, write_vitpose
 from wan_animate.preprocess import pose as P
 from wan_animate.preprocess.detection import OnnxPersonDetector
+from wan_animate.preprocess.smoke_models import write_detector, write_vitpose
 
 CPU = ["CPUExecutionProvider"]
 
@@ -249,26 +249,3 @@ def test_whole_body_estimator_with_detector(tmp_path):
     np.testing.assert_allclose(meta.person_box, [32, 0, 288, 240, 0.9], rtol=1e-6)
     np.testing.assert_allclose(meta.body[0, :2], [200, 100], atol=1.5)  # the nose sits on the blob too
     assert (meta.width, meta.height) == (320, 240)
-
-
-# --- smoke path ------------------------------------------------------------------------------------
-
-
-def test_coco17_to_pose_meta_and_smoke_face_box():
-    kps17 = np.zeros((17, 3), np.float32)
-    kps17[0] = (100, 100, 0.9)  # nose
-    kps17[1] = (110, 90, 0.8)  # left eye
-    kps17[2] = (90, 90, 0.7)  # right eye
-    kps17[3] = (130, 95, 0.1)  # left ear, not visible enough
-    kps17[5] = (140, 150, 0.9)  # left shoulder
-    kps17[6] = (60, 150, 0.9)  # right shoulder
-    meta = P.coco17_to_pose_meta(np.array([50, 50, 150, 300, 0.8]), kps17, 320, 240)
-    np.testing.assert_allclose(meta.body[1], [100, 150, 0.9])  # neck
-    assert meta.body[18, 2] == 0 and meta.body[19, 2] == 0  # no toes
-    assert meta.left_hand[:, 2].max() == 0 and meta.face[:, 2].max() == 0
-    # visible head points: nose, eyes; widest pair = the eyes, 20 px -> side 22; centre (100, 93.33)
-    np.testing.assert_allclose(
-        meta.face_box, [89, 93.3333 - 8.8, 111, 93.3333 + 15.4, (0.9 + 0.8 + 0.7) / 3], rtol=1e-5
-    )
-    kps17[1:3, 2] = 0.0  # only the nose left: no face box
-    assert P.coco17_to_pose_meta(np.array([50, 50, 150, 300, 0.8]), kps17, 320, 240).face_box is None

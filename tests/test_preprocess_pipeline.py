@@ -1,5 +1,6 @@
-"""pipeline: both modes end to end on the real fixtures; the smoke pose backend for real-data checks, a
-scripted pose estimator (and stand-in retarget/masks modules) for the wiring checks."""
+"""pipeline: both modes end to end on the real fixtures; the smoke pose path (production detector + pose classes
+on fixed-output ONNX graphs) for the real-data checks, a scripted pose estimator (and stand-in retarget/masks
+modules) for the wiring checks."""
 
 from __future__ import annotations
 
@@ -53,11 +54,10 @@ def _options(**kw) -> PreprocessOptions:
 
 @pytest.fixture(scope="module")
 def smoke_models() -> PreprocessModels:
-    pytest.importorskip("ultralytics")
-    from wan_animate.preprocess.detection import UltralyticsPoseDetector
-    from wan_animate.preprocess.pose import SmokeBodyPoseEstimator
+    """The smoke preset's pose path: the production detector + ViTPose classes on the fixed-output smoke graphs."""
+    from wan_animate.preprocess.smoke_models import smoke_pose_estimator
 
-    return PreprocessModels(pose_estimator=SmokeBodyPoseEstimator(UltralyticsPoseDetector()))
+    return PreprocessModels(pose_estimator=smoke_pose_estimator())
 
 
 @pytest.fixture(scope="module")

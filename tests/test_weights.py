@@ -40,17 +40,23 @@ FAKE_REPOS = {
 }
 
 
+# Repos whose components pin a commit hash: their fake snapshot is at that commit (what a download of it writes).
+PINNED = {c.repo_id: c.revision for c in (*weights.CORE_COMPONENTS, weights.FLUX_KONTEXT, weights.DISTILL_LORA)
+          if c.revision != "main"}  # fmt: skip
+
+
 def write_fake_cache(cache: Path, repos: dict[str, list[str]]) -> None:
     """models--org--name/{refs/main, blobs/, snapshots/<commit>/...} as huggingface_hub stores a download."""
     for repo_id, files in repos.items():
+        commit = PINNED.get(repo_id, COMMIT)
         repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
         (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
-        (repo_dir / "refs" / "main").write_text(COMMIT)
+        (repo_dir / "refs" / "main").write_text(commit)
         for name in files:
             blob = repo_dir / "blobs" / f"blob-{abs(hash(name))}"
             blob.parent.mkdir(parents=True, exist_ok=True)
             blob.write_bytes(name.encode())
-            link = repo_dir / "snapshots" / COMMIT / name
+            link = repo_dir / "snapshots" / commit / name
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(blob)
 
@@ -82,7 +88,7 @@ def test_distillation_lora_is_fetched_only_when_asked(tmp_path: Path, offline: N
     paths = weights.fetch_all(tmp_path, with_distill=True)
     assert paths.distill_lora.name == "wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors"
     assert paths.distill_lora.read_bytes() == weights.DISTILL_LORA_FILE.encode()
-    assert weights.DISTILL_LORA.pinned_revision() == "main"
+    assert weights.DISTILL_LORA.pinned_revision() == weights.DISTILL_LORA_REVISION
     write_fake_cache(tmp_path / "without", {k: v for k, v in FAKE_REPOS.items() if k != weights.DISTILL_LORA_REPO})
     weights.fetch_all(tmp_path / "without")  # not asked: not needed
     with pytest.raises(weights.WeightsUnavailableError, match="distill_lora: lightx2v/Wan2.1-Distill-Loras"):
@@ -120,3 +126,17 @@ def test_revision_pin_is_honoured(tmp_path: Path, offline: None, monkeypatch: py
 def test_cache_dir_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(weights.ENV_CACHE_DIR, str(tmp_path))
     assert weights.default_cache_dir() == tmp_path
+
+
+def test_pinned_revisions_are_what_the_comments_say(offline: None) -> None:
+    """Only the distillation LoRA pins a commit hash (the one found in a public source); the rest follow main."""
+    assert weights.DISTILL_LORA.revision == "27ae38da91014b947dd39cc3fa78b97cd7b386dd"
+    others = (*weights.CORE_COMPONENTS, weights.FLUX_KONTEXT)
+    assert {c.revision for c in others} == {"main"}
+
+
+def test_a_pinned_commit_is_fetched_even_when_main_moved(tmp_path: Path, offline: None) -> None:
+    write_fake_cache(tmp_path, {weights.DISTILL_LORA_REPO: [weights.DISTILL_LORA_FILE]})
+    repo_dir = tmp_path / f"models--{weights.DISTILL_LORA_REPO.replace('/', '--')}"
+    (repo_dir / "refs" / "main").write_text(COMMIT)  # main now points elsewhere (a newer upload)
+    assert weights.fetch_component(weights.DISTILL_LORA, tmp_path).name == weights.DISTILL_LORA_REVISION

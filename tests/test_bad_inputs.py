@@ -353,6 +353,12 @@ def lora_file(smoke_app: object, tmp_path: Path, kind: str) -> Path:
     elif kind == "other_model":  # a LoRA for FLUX's transformer, not Wan's
         save_file({"transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(2, 8),
                    "transformer.single_transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(8, 2)}, str(path))  # fmt: skip
+    elif kind == "wrong_shapes":  # a Wan LoRA for a model of another width (e.g. the 1.3B for the 14B)
+        from wan_animate.wan.testing import lora_tensors
+
+        tensors = lora_tensors(smoke_app.runtime.wan_models.transformer, rank=2, seed=0, down="lora_down", up="lora_up")
+        save_file({f"diffusion_model.{k}": torch.zeros(v.shape[0] + 3, v.shape[1] + 5) for k, v in tensors.items()},
+                  str(path))  # fmt: skip
     elif kind == "truncated":
         write_user_lora(smoke_app.runtime.wan_models.transformer, tmp_path / "whole.safetensors")
         path.write_bytes((tmp_path / "whole.safetensors").read_bytes()[:-100])
@@ -394,3 +400,15 @@ def test_degenerate_reference_images_are_refused_with_the_minimum(
     limits = import_app_module("limits").LIMITS
     expected = f"{limits.min_image_side} px" if code == "image_too_small" else f"{limits.max_image_aspect:g}:1"
     assert expected in info.value.message
+
+
+def test_a_lora_of_the_wrong_shapes_is_an_input_error_and_the_next_request_runs(
+    smoke_app: object, tmp_path: Path
+) -> None:
+    """Shapes are not in the header check (they depend on the worker's model): loading refuses it cleanly."""
+    with pytest.raises(inference.InputError) as info:
+        run_ok(smoke_app, loras=[{"file": str(lora_file(smoke_app, tmp_path, "wrong_shapes"))}])
+    assert (info.value.code, info.value.field) == ("lora_incompatible", "loras[0].file")
+    adapters = getattr(smoke_app.runtime.wan_models.transformer, "peft_config", {})
+    assert not [name for name in adapters if name.startswith("user_lora_")]  # nothing half-loaded left behind
+    assert run_ok(smoke_app).num_frames == 4

@@ -197,6 +197,22 @@ def set_active_adapters(transformer: torch.nn.Module, weights: dict[str, float])
     transformer.set_adapters(list(weights), [float(w) for w in weights.values()])
 
 
+def _load_user_lora(transformer: torch.nn.Module, path: Path, adapter_name: str, field: str) -> None:
+    """load_lora for a user's file: a LoRA whose header passed the checks but whose tensors do not fit this model
+    (other shapes, other layers) is an InputError naming the field, and leaves no half-loaded adapter behind."""
+    from ..errors import InputError
+
+    try:
+        load_lora(transformer, path, adapter_name)
+    except torch.OutOfMemoryError:
+        raise
+    except (ValueError, RuntimeError, KeyError) as error:
+        if adapter_name in getattr(transformer, "peft_config", {}):
+            transformer.delete_adapters([adapter_name])
+        reason = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+        raise InputError("lora_incompatible", field, f"does not fit this model's transformer ({reason})") from None
+
+
 @contextmanager
 def request_adapters(
     transformer: torch.nn.Module,
@@ -221,7 +237,7 @@ def request_adapters(
             weights[distill.adapter_name] = distill.strength
         for i, (path, weight) in enumerate(user_loras):
             name = f"{USER_ADAPTER_PREFIX}{i}"
-            load_lora(transformer, Path(path), name)
+            _load_user_lora(transformer, Path(path), name, f"loras[{i}].file")
             loaded.append(name)
             weights[name] = float(weight)
         if distill is not None:

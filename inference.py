@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from inferencesh import BaseApp, BaseAppInput, BaseAppOutput, BaseAppSetup, File, OutputMeta, VideoMeta
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .errors import InputError
+from .input_files import check_local_file, to_file
 from .limits import LIMITS
 
 logger = logging.getLogger("wan_animate")
@@ -85,14 +86,45 @@ class AppSetup(BaseAppSetup):
     )
 
 
+def refuse_unknown_fields(data: Any, model: type[BaseAppInput], prefix: str = "") -> None:
+    """InputError for a request key that is no field of `model`, with the nearest field name: a typo such as
+    `sampling_step` would otherwise be ignored silently and the job run with a setting nobody asked for."""
+    if not isinstance(data, dict):
+        return
+    import difflib
+
+    fields = list(model.model_fields)
+    for key in data:
+        if key not in fields:
+            name = str(key)[:80]
+            near = difflib.get_close_matches(name, fields, n=1, cutoff=0.6)
+            hint = f"; did you mean {near[0]!r}?" if near else f"; the inputs are: {', '.join(fields)}"
+            raise InputError("unknown_field", f"{prefix}{name}", f"is not an input of this app{hint}")
+
+
 class LoraInput(BaseAppInput):
     """A user LoRA for the transformer."""
+
+    model_config = ConfigDict(allow_inf_nan=False)  # NaN/inf: "should be a finite number", not a bound's message
 
     file: File = Field(description="LoRA weights (.safetensors) in the original Wan or diffusers key layout.")
     weight: float = Field(default=1.0, ge=-4.0, le=4.0, description="Scale of the LoRA (0 disables it).")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        refuse_unknown_fields(data, cls, "loras[].")
+        return data
+
+    @field_validator("file", mode="before")
+    @classmethod
+    def _fetch_file(cls, value: Any) -> Any:
+        return to_file(value, "loras[].file")  # AppInput already resolved it (naming the index) when it came from one
+
 
 class AppInput(BaseAppInput):
+    model_config = ConfigDict(allow_inf_nan=False)  # NaN/inf: "should be a finite number", not a bound's message
+
     driving_video: File = Field(
         description="Video of a person moving (MP4/MOV/WebM...). Its motion and expressions drive the character. "
         f"At most {LIMITS.max_duration_s:.0f} s, {LIMITS.max_input_pixels // 1_000_000} MP per frame.",
@@ -253,6 +285,34 @@ class AppInput(BaseAppInput):
     def _loras_list(cls, value: list[LoraInput] | None) -> list[LoraInput]:
         return [] if value is None else value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        refuse_unknown_fields(data, cls)
+        return data
+
+    @field_validator("driving_video", "reference_image", mode="before")
+    @classmethod
+    def _fetch_file(cls, value: Any, info: ValidationInfo) -> Any:
+        """URLs (in `uri`, `path` or a plain string) downloaded within the limits, data URIs decoded, wrong JSON
+        types refused: the hosted engine builds AppInput straight from the request JSON, so it happens here."""
+        return to_file(value, str(info.field_name))
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _fetch_lora_files(cls, value: Any) -> Any:
+        """Each LoRA's file resolved as above, its errors naming `loras[i].file` (or `loras[i].<unknown key>`)."""
+        if not isinstance(value, list):
+            return value  # pydantic refuses it: "Input should be a valid list"
+        items = []
+        for i, item in enumerate(value):
+            if isinstance(item, dict):
+                refuse_unknown_fields(item, LoraInput, f"loras[{i}].")
+                if "file" in item:
+                    item = {**item, "file": to_file(item["file"], f"loras[{i}].file")}
+            items.append(item)
+        return items
+
     @field_validator("fps")
     @classmethod
     def _fps_valid(cls, value: float) -> float:
@@ -295,19 +355,7 @@ class AppOutput(BaseAppOutput):
 
 def _check_file(file: File | None, field: str) -> Path:
     """The local path of a required input file, or an InputError naming the field."""
-    if file is None:
-        raise InputError("missing_input", field, "is required: give a URL or a file path")
-    path = Path(file.path) if file.path else None
-    if path is None or not path.is_file():
-        raise InputError("file_not_found", field, f"could not read {file.uri or file.path!r}: no such file")
-    size = path.stat().st_size
-    if size == 0:
-        raise InputError("empty_file", field, "the file is empty (0 bytes); upload the file again")
-    if size > LIMITS.max_file_bytes:
-        raise InputError(
-            "file_too_large", field, f"is {size / 1e9:.1f} GB; the limit is {LIMITS.max_file_bytes / 1e9:.1f} GB"
-        )
-    return path
+    return check_local_file(file, field)
 
 
 def _resolve_seed(seed: int) -> int:

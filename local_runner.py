@@ -51,29 +51,35 @@ def import_app_module(module: str) -> types.ModuleType:
 FILE_FIELDS = ("driving_video", "reference_image")
 
 
-def _absolutize(value: Any, base: Path) -> Any:
-    """A File value ({"path": ...} or a plain string) with a relative local path made relative to `base`."""
-    if isinstance(value, str) and value and "://" not in value and not value.startswith("data:"):
-        path = Path(value)
-        return str(path if path.is_absolute() else (base / path))
-    if isinstance(value, dict) and isinstance(value.get("path"), str) and "://" not in value["path"]:
-        path = Path(value["path"])
-        return {**value, "path": str(path if path.is_absolute() else (base / path))}
-    return value
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON file that must hold one object; ValueError (one line) for anything else, absurd nesting included."""
+    try:
+        data = json.loads(path.read_text())
+    except RecursionError:
+        raise ValueError(f"{path}: the JSON is nested too deeply to be {what}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object of {what}, got a {type(data).__name__}")
+    return data
 
 
 def read_input_json(path: Path) -> dict[str, Any]:
-    """The request as the app receives it; local file paths are taken relative to the JSON file's folder."""
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object of inputs")
+    """The request as the app receives it; local file paths (a plain string, `path` or `uri`) are taken relative
+    to the JSON file's folder. Values of the wrong type are left for the app's validation to refuse by name."""
+    input_files = import_app_module("input_files")
+    data = read_json_object(path, "inputs")
     base = path.resolve().parent
     for name in FILE_FIELDS:
         if name in data:
-            data[name] = _absolutize(data[name], base)
-    for lora in data.get("loras", []) or []:
-        if isinstance(lora, dict) and "file" in lora:
-            lora["file"] = _absolutize(lora["file"], base)
+            data[name] = input_files.absolutize(data[name], base)
+    loras = data.get("loras")
+    if isinstance(loras, list):
+        data["loras"] = [
+            {**lora, "file": input_files.absolutize(lora["file"], base)} if isinstance(lora, dict) and "file" in lora
+            else lora
+            for lora in loras
+        ]  # fmt: skip
     return data
 
 
@@ -90,24 +96,6 @@ def _collect_files(output: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     return result
 
 
-def fetch_files(inputs: dict[str, Any]) -> dict[str, Any]:
-    """The request with its file inputs resolved (URLs downloaded) by the SDK's File; a failed download is an
-    InputError naming the field (the SDK raises a bare RuntimeError from inside validation)."""
-    from inferencesh import File
-
-    errors = import_app_module("errors")
-    resolved = dict(inputs)
-    for name in FILE_FIELDS:
-        value = inputs.get(name)
-        if value is None or value == "" or value == {}:
-            continue
-        try:
-            resolved[name] = File(value) if isinstance(value, str) else File(**value)
-        except (RuntimeError, OSError, ValueError) as error:
-            raise errors.InputError("download_failed", name, f"could not fetch the file: {error}") from None
-    return resolved
-
-
 def torchrun_rank() -> int:
     """This process's rank in a torchrun job (0 when not started by torchrun)."""
     return int(os.environ.get("RANK", "0"))
@@ -120,7 +108,7 @@ async def run_app(inputs: dict[str, Any], setup: dict[str, Any], out_dir: Path) 
     writes `out_dir` and returns the JSON, the other ranks return None.
     """
     inference = import_app_module("inference")
-    app_input = inference.AppInput(**fetch_files(inputs))  # validate before any heavy work
+    app_input = inference.AppInput(**inputs)  # validate (and download URLs) before any heavy work
     app = inference.App()
     await app.setup(inference.AppSetup(**setup))
     try:
@@ -136,11 +124,19 @@ async def run_app(inputs: dict[str, Any], setup: dict[str, Any], out_dir: Path) 
 
 
 def _format_validation_error(error: pydantic.ValidationError) -> str:
-    lines = []
-    for item in error.errors():
+    """One line: the app's own InputError when a validator raised one (it names the field and the fix), else each
+    pydantic error as `field: message`."""
+    errors = import_app_module("errors")
+    items = error.errors()
+    for item in items:
+        cause = (item.get("ctx") or {}).get("error")
+        if isinstance(cause, errors.InputError):
+            return str(cause)
+    parts = []
+    for item in items:
         where = ".".join(str(p) for p in item.get("loc", ())) or "input"
-        lines.append(f"  {where}: {item.get('msg')}")
-    return "invalid input:\n" + "\n".join(lines)
+        parts.append(f"{where}: {item.get('msg')}")
+    return "invalid input: " + "; ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     load_app_package()
     errors = import_app_module("errors")
     try:
-        setup = json.loads(args.setup.read_text()) if args.setup else {}
+        setup = read_json_object(args.setup, "setup options") if args.setup else {}
         inputs = read_input_json(args.input_json)
     except (OSError, ValueError) as error:
         print(f"error: cannot read the request: {error}", file=sys.stderr)

@@ -326,26 +326,20 @@ def generation_options(inp: AppInput, seed: int, loras: list[tuple[Path, float]]
     )
 
 
-def is_safetensors(path: Path) -> bool:
-    """True when the file starts like a safetensors file: an 8-byte header length, then a JSON object."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if len(head) < 9:
-        return False
-    header_len = int.from_bytes(head[:8], "little")
-    return 2 <= header_len <= 100_000_000 and head[8:9] == b"{"
-
-
 def _user_loras(inp: AppInput) -> list[tuple[Path, float]]:
-    """User LoRA files, accepted only as safetensors: user files are never unpickled."""
+    """User LoRA files, accepted only as safetensors (user files are never unpickled) whose header shows Wan LoRA
+    tensors: checked here, before preprocessing, from the header alone, so a wrong file costs no GPU time."""
+    from .input_files import check_local_file
+    from .wan.lora import lora_file_problem
+
     loras = []
     for i, lora in enumerate(inp.loras):
         field = f"loras[{i}].file"
-        if lora.file is None or not lora.file.path or not Path(lora.file.path).is_file():
-            raise InputError("file_not_found", field, "could not read the LoRA file")
-        path = Path(lora.file.path)
-        if not is_safetensors(path):
-            raise InputError("lora_not_safetensors", field, "LoRAs are accepted as .safetensors only; convert it")
+        path = check_local_file(lora.file, field)
+        problem = lora_file_problem(path)
+        if problem is not None:
+            code, reason = problem
+            raise InputError(code, field, reason)
         loras.append((path, lora.weight))
     return loras
 

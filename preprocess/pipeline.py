@@ -40,6 +40,7 @@ from .pose_meta import PoseMeta
 from .skeleton import render_pose
 from .video_io import (
     VideoInfo,
+    check_frame_shape,
     frame_indices_for_fps,
     iter_frames,
     letterbox,
@@ -111,6 +112,7 @@ def _check_video(info: VideoInfo) -> None:
             f"is {info.width}x{info.height}; the limit is {LIMITS.max_input_pixels / 1e6:.1f} MP per frame. "
             "Downscale it (e.g. to 1920x1080).",
         )  # fmt: skip
+    check_frame_shape(info.width, info.height, "driving_video")
 
 
 def _frame_indices(info: VideoInfo, fps: float) -> list[int]:
@@ -326,6 +328,7 @@ def preprocess(driving_video: Path, reference_image: Path, options: PreprocessOp
     fps = info.fps if options.fps == -1 else float(options.fps)
     indices = _frame_indices(info, options.fps)
     reference_img = load_image(reference_image)
+    check_frame_shape(reference_img.shape[1], reference_img.shape[0], "reference_image")
     timer.done("inputs", f"video {info.width}x{info.height} {info.frames} frames at {info.fps:g} fps -> "
                          f"{len(indices)} frames at {fps:g} fps; reference {reference_img.shape[1]}x"
                          f"{reference_img.shape[0]}")  # fmt: skip

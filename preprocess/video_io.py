@@ -301,6 +301,23 @@ def load_image(path: Path, field: str = IMAGE_FIELD) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def check_frame_shape(width: int, height: int, field: str) -> None:
+    """InputError unless each side is at least LIMITS.min_image_side and the aspect ratio at most
+    LIMITS.max_image_aspect: the output size is taken by area from this shape, and a 2x3000 px image would give a
+    side of 0 (a division by zero or a failed resize deep inside), a 64x3000 one a strip no pose model can read."""
+    short, long = sorted((int(width), int(height)))
+    if short < LIMITS.min_image_side:
+        raise InputError(
+            "image_too_small", field,
+            f"is {width}x{height} pixels; each side must be at least {LIMITS.min_image_side} px. Upload a larger one",
+        )  # fmt: skip
+    if long > LIMITS.max_image_aspect * short:
+        raise InputError(
+            "aspect_ratio_too_extreme", field,
+            f"is {width}x{height} pixels ({long / short:.1f}:1); the limit is {LIMITS.max_image_aspect:g}:1. Crop it",
+        )  # fmt: skip
+
+
 def _even_frame(frame: np.ndarray) -> np.ndarray:
     """Pad an odd height/width by repeating the last row/column (yuv420p needs even sizes)."""
     pad_h = frame.shape[0] % 2

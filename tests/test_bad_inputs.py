@@ -212,3 +212,203 @@ def test_step_cache_reaches_the_sampler_and_stays_in_bounds(smoke_app: object, m
     assert seen[0].step_cache == 0.2 and output.num_frames > 0
     with pytest.raises(ValueError, match="step_cache"):
         inference.AppInput(driving_video={"path": str(DRIVING)}, reference_image={"path": str(REFERENCE)}, step_cache=1.5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Request data and input files (issues 14 and 15): each class of bad value is one line naming the field, exit 2.
+
+
+@pytest.fixture
+def file_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "file-cache"
+    monkeypatch.setenv("FILE_CACHE_DIR", str(folder))
+    return folder
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "expected"),
+    [
+        ({"driving_video": 5}, "[invalid_file] driving_video:"),
+        ({"driving_video": [str(DRIVING)]}, "[invalid_file] driving_video:"),
+        ({"driving_video": {"path": 5}}, "[invalid_file] driving_video:"),
+        ({"driving_video": {"path": "x.mp4", "foo": 1}}, "[invalid_file] driving_video: unknown key 'foo'"),
+        ({"reference_image": {"uri": 7}}, "[invalid_file] reference_image:"),
+        ({"loras": 5}, "loras: Input should be a valid list"),
+        ({"loras": [{"file": 5}]}, "[invalid_file] loras[0].file:"),
+        ({"loras": [{"file": str(REFERENCE), "wieght": 1}]}, "[unknown_field] loras[0].wieght:"),
+        ({"driving_video": {"path": "data:video/mp4;base64"}}, "[invalid_data_uri] driving_video:"),
+        ({"driving_video": {"path": "d" * 5000 + ".mp4"}}, "[path_too_long] driving_video:"),
+        ({"driving_video": "ftp://example.com/dance.mp4"}, "[unsupported_url] driving_video:"),
+        ({"sampling_step": 4}, "[unknown_field] sampling_step: is not an input of this app; did you mean 'sampling_steps'?"),
+        ({"shift": float("nan")}, "shift: Input should be a finite number"),
+        ({"guide_scale": float("inf")}, "guide_scale: Input should be a finite number"),
+    ],
+)
+def test_bad_request_data_is_one_line_naming_the_field(
+    request_fields: dict[str, object], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    exit_code, err = run_runner(tmp_path, capsys, **request_fields)  # JSON: NaN/Infinity written as such
+    assert exit_code == 2, err
+    assert expected in one_error_line(err)
+
+
+def test_a_setup_json_that_is_a_list_or_deep_json_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "input.json"
+    good.write_text(json.dumps({"driving_video": str(DRIVING), "reference_image": str(REFERENCE)}))
+    setup = tmp_path / "setup.json"
+    setup.write_text('["smoke"]')
+    assert main(["run", str(good), "--setup", str(setup), "--output-dir", str(tmp_path / "o")]) == 2
+    assert "expected a JSON object of setup options, got a list" in one_error_line(capsys.readouterr().err)
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"loras": ' + "[" * 10_000 + "]" * 10_000 + "}")
+    assert main(["run", str(deep), "--setup", str(EXAMPLE / "setup.json"), "--output-dir", str(tmp_path / "o")]) == 2
+    assert "nested too deeply" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_bad_requests_in_a_real_runner_process_exit_2_without_a_traceback(tmp_path: Path) -> None:
+    """As the issue measured it: `python -m local_runner run`, one process per request."""
+    import os
+    import sys
+
+    cases = {
+        "deep": "[" * 10_000 + "]" * 10_000,
+        "list": json.dumps([{"driving_video": str(DRIVING)}]),
+        "typo": json.dumps({"driving_video": str(DRIVING), "reference_image": str(REFERENCE), "sampling_step": 4}),
+        "wrong_type": json.dumps({"driving_video": {"path": 5}, "reference_image": str(REFERENCE)}),
+    }
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "FILE_CACHE_DIR": str(tmp_path / "cache")}
+    for name, text in cases.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(text)
+        result = subprocess.run([sys.executable, "-m", "local_runner", "run", str(path), "--setup",
+                                 str(EXAMPLE / "setup.json")], cwd=APP_ROOT, env=env, capture_output=True, text=True,
+                                timeout=300)  # fmt: skip
+        assert result.returncode == 2, (name, result.stderr[-3000:])
+        one_error_line(result.stderr)
+
+
+def test_downloads_through_the_runner_are_bounded_and_never_keep_a_partial_file(
+    file_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from http_server import Route, serve
+
+    input_files = import_app_module("input_files")
+    routes = {
+        "/cut/dance.mp4": Route(DRIVING.read_bytes(), cut_after=3000, cut_times=99),
+        "/big.mp4": Route(b"x" * 20_000_000, chunk=65536, delay_s=0.002),  # 20 MB vs a 1 MB cap: the 3 GB vs 2 GB
+        "/slow.mp4": Route(b"x" * 1000, chunk=1, delay_s=0.05, max_send_s=8.0),
+    }
+    small = dataclasses.replace(input_files.LIMITS, max_file_bytes=1_000_000, download_timeout_s=1.0)
+    monkeypatch.setattr(input_files, "LIMITS", small)
+    with serve(routes) as url:
+        cases = [
+            ({"driving_video": {"path": url("/cut/dance.mp4")}}, "[download_incomplete] driving_video:"),
+            ({"driving_video": {"path": url("/big.mp4")}}, "[file_too_large] driving_video:"),
+            ({"reference_image": url("/slow.mp4")}, "[download_timeout] reference_image:"),
+            ({"loras": [{"file": {"path": url("/none.safetensors")}}]}, "[download_failed] loras[0].file:"),
+        ]
+        for request_fields, expected in cases:
+            exit_code, err = run_runner(tmp_path, capsys, **request_fields)
+            assert exit_code == 2, err
+            assert expected in one_error_line(err)
+    assert routes["/big.mp4"].sent[0] < 20_000_000  # refused on the header: only the socket buffers were filled
+    assert [p for p in file_cache.rglob("*") if p.is_file()] == []
+
+
+def test_a_url_in_path_downloads_and_runs_in_the_app(smoke_app: object, file_cache: Path) -> None:
+    """The seed app's request form, `{"path": "https://..."}`, built into AppInput as the hosted SDK does."""
+    from http_server import Route, serve
+
+    routes = {"/media/dance.mp4": Route(DRIVING.read_bytes()), "/media/character.jpg": Route(REFERENCE.read_bytes())}
+    with serve(routes) as url:
+        request = inference.AppInput(driving_video={"path": url("/media/dance.mp4")},
+                                     reference_image={"path": url("/media/character.jpg")}, **FAST)  # fmt: skip
+    output = asyncio.run(smoke_app.run(request))
+    assert Path(output.video.path).is_file() and output.num_frames == 4
+    assert [route.requests for route in routes.values()] == [1, 1]
+
+
+def lora_file(smoke_app: object, tmp_path: Path, kind: str) -> Path:
+    """A LoRA file of the given kind: a valid one for the smoke transformer, or one of the ways it can be wrong."""
+    import torch
+    from safetensors.torch import save_file
+    from wan_animate.wan.testing import write_user_lora
+
+    path = tmp_path / f"{kind}.safetensors"
+    if kind == "valid":
+        write_user_lora(smoke_app.runtime.wan_models.transformer, path)
+    elif kind == "garbage":
+        path.write_bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    elif kind == "other_keys":  # a real safetensors file, but a plain weight, not a LoRA
+        save_file({"conv.weight": torch.zeros(4, 4), "conv.bias": torch.zeros(4)}, str(path))
+    elif kind == "other_model":  # a LoRA for FLUX's transformer, not Wan's
+        save_file({"transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(2, 8),
+                   "transformer.single_transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(8, 2)}, str(path))  # fmt: skip
+    elif kind == "wrong_shapes":  # a Wan LoRA for a model of another width (e.g. the 1.3B for the 14B)
+        from wan_animate.wan.testing import lora_tensors
+
+        tensors = lora_tensors(smoke_app.runtime.wan_models.transformer, rank=2, seed=0, down="lora_down", up="lora_up")
+        save_file({f"diffusion_model.{k}": torch.zeros(v.shape[0] + 3, v.shape[1] + 5) for k, v in tensors.items()},
+                  str(path))  # fmt: skip
+    elif kind == "truncated":
+        write_user_lora(smoke_app.runtime.wan_models.transformer, tmp_path / "whole.safetensors")
+        path.write_bytes((tmp_path / "whole.safetensors").read_bytes()[:-100])
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "code"),
+    [("garbage", "lora_not_safetensors"), ("other_keys", "not_a_lora"), ("other_model", "lora_wrong_model"),
+     ("truncated", "lora_damaged")],
+)  # fmt: skip
+def test_a_lora_that_is_not_a_wan_lora_is_refused_before_any_work(
+    smoke_app: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, code: str
+) -> None:
+    pipeline = import_app_module("preprocess.pipeline")
+    monkeypatch.setattr(pipeline, "probe_video", lambda *a, **k: pytest.fail("the video was opened"))
+    bad = lora_file(smoke_app, tmp_path, kind)
+    with pytest.raises(inference.InputError) as info:
+        run_ok(smoke_app, loras=[{"file": str(lora_file(smoke_app, tmp_path, "valid"))}, {"file": str(bad)}])
+    assert (info.value.code, info.value.field) == (code, "loras[1].file")
+
+
+def test_a_valid_user_lora_passes_the_header_check_and_runs(smoke_app: object, tmp_path: Path) -> None:
+    output = run_ok(smoke_app, loras=[{"file": {"path": str(lora_file(smoke_app, tmp_path, "valid"))}, "weight": 0.5}])
+    assert Path(output.video.path).is_file() and output.num_frames == 4
+
+
+@pytest.mark.parametrize(("size", "code"), [((2, 3000), "image_too_small"), ((3000, 2), "image_too_small"),
+                                            ((100, 3000), "aspect_ratio_too_extreme")])  # fmt: skip
+@pytest.mark.parametrize("mode", ["animation", "replacement"])
+def test_degenerate_reference_images_are_refused_with_the_minimum(
+    smoke_app: object, tmp_path: Path, size: tuple[int, int], code: str, mode: str
+) -> None:
+    path = tmp_path / "thin.png"
+    Image.new("RGB", size, (120, 90, 60)).save(path)
+    with pytest.raises(inference.InputError) as info:
+        run_ok(smoke_app, reference=path, mode=mode)
+    assert (info.value.code, info.value.field) == (code, "reference_image")
+    limits = import_app_module("limits").LIMITS
+    expected = f"{limits.min_image_side} px" if code == "image_too_small" else f"{limits.max_image_aspect:g}:1"
+    assert expected in info.value.message
+
+
+def test_a_lora_of_the_wrong_shapes_is_an_input_error_and_the_next_request_runs(
+    smoke_app: object, tmp_path: Path
+) -> None:
+    """Shapes are not in the header check (they depend on the worker's model): loading refuses it cleanly."""
+    with pytest.raises(inference.InputError) as info:
+        run_ok(smoke_app, loras=[{"file": str(lora_file(smoke_app, tmp_path, "wrong_shapes"))}])
+    assert (info.value.code, info.value.field) == ("lora_incompatible", "loras[0].file")
+    adapters = getattr(smoke_app.runtime.wan_models.transformer, "peft_config", {})
+    assert not [name for name in adapters if name.startswith("user_lora_")]  # nothing half-loaded left behind
+    assert run_ok(smoke_app).num_frames == 4

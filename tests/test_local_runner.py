@@ -153,3 +153,27 @@ def test_distill_request_runs_end_to_end_with_the_loras_settings(
     assert result["num_frames"] == 8 and count_frames(Path(result["video"]["path"])) == 8
     extra = result["output_meta"]["outputs"][0]["extra"]
     assert (extra["distill"], extra["sampling_steps"], extra["guide_scale"]) == (True, 4, 1.0)
+
+
+def test_readme_example_with_a_url_in_path_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README's request shape, `{"path": "https://..."}` for the video and a path relative to the JSON for the image,
+    through the runner with the driving video on a local HTTP server (fast settings added for the CPU)."""
+    import shutil
+
+    from http_server import Route, serve
+
+    monkeypatch.setenv("FILE_CACHE_DIR", str(tmp_path / "cache"))
+    shutil.copyfile(EXAMPLE / "reference.jpg", tmp_path / "character.png")
+    route = Route((EXAMPLE / "driving.mp4").read_bytes())
+    with serve({"/dance.mp4": route}) as url:
+        request = {"driving_video": {"path": url("/dance.mp4")}, "reference_image": {"path": "character.png"},
+                   "mode": "animation", "sampling_steps": 1, "fps": 4, "clip_len": 5,
+                   "resolution_width": 512, "resolution_height": 512}  # fmt: skip
+        (tmp_path / "input.json").write_text(json.dumps(request))
+        monkeypatch.chdir(APP_ROOT)  # not the request's folder: character.png resolves against the JSON's
+        out = tmp_path / "out"
+        assert main(["run", str(tmp_path / "input.json"), "--setup", str(EXAMPLE / "setup.json"), "--output-dir",
+                     str(out)]) == 0  # fmt: skip
+    result = json.loads((out / "output.json").read_text())
+    assert result["num_frames"] == 8 and count_frames(Path(result["video"]["path"])) == 8
+    assert route.requests == 1

@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +30,44 @@ logger = logging.getLogger(__name__)
 
 RELIGHTING_ADAPTER = "wan_relighting"
 USER_ADAPTER_PREFIX = "user_lora_"
+
+
+_LORA_KEY = re.compile(r"lora_[AB]\b|lora_(down|up)\b|lora\.(down|up)\b")
+_WAN_BLOCK_KEY = re.compile(r"(^|\.)(lora_unet_)?blocks[._]\d+[._]")  # Wan's `blocks.N.`, not FLUX's `transformer_blocks`
+MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own header cap
+
+
+def lora_file_problem(path: Path) -> tuple[str, str] | None:
+    """(error code, reason) why a user file is not a usable Wan LoRA (None when it looks like one), read from the safetensors header
+    alone (a few KB, no tensor loaded): not a safetensors file, damaged or truncated, no LoRA tensors, or a LoRA for
+    another model (no key targets Wan's `blocks.N`)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        header_len = int.from_bytes(head, "little") if len(head) == 8 else 0
+        if not 2 <= header_len <= min(MAX_HEADER_BYTES, size - 8):
+            return "lora_not_safetensors", "is not a safetensors file (no valid header); LoRAs are accepted as .safetensors only"
+        raw = f.read(header_len)
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError):
+        return "lora_not_safetensors", "is not a safetensors file (its header is not JSON); LoRAs are accepted as .safetensors only"
+    if not isinstance(header, dict):
+        return "lora_not_safetensors", "is not a safetensors file (its header is not a JSON object)"
+    data_bytes = size - 8 - header_len
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    for key, entry in tensors.items():
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+                and 0 <= offsets[0] <= offsets[1] <= data_bytes):  # fmt: skip
+            return "lora_damaged", f"is damaged or truncated (tensor {key[:80]!r} lies outside the file); download it again"
+    if not any(_LORA_KEY.search(key) for key in tensors):
+        examples = ", ".join(repr(k[:60]) for k in list(tensors)[:3]) or "none"
+        return "not_a_lora", f"holds no LoRA tensors (lora_A/lora_B or lora_down/lora_up; its tensors: {examples}); is it a LoRA?"
+    if not any(_WAN_BLOCK_KEY.search(key) for key in tensors):
+        example = next(k for k in tensors if _LORA_KEY.search(k))[:80]
+        return "lora_wrong_model", f"is a LoRA for another model: no tensor targets Wan's transformer blocks (e.g. {example!r})"
+    return None
 
 
 def _has_adapters(transformer: torch.nn.Module) -> bool:
@@ -157,6 +197,22 @@ def set_active_adapters(transformer: torch.nn.Module, weights: dict[str, float])
     transformer.set_adapters(list(weights), [float(w) for w in weights.values()])
 
 
+def _load_user_lora(transformer: torch.nn.Module, path: Path, adapter_name: str, field: str) -> None:
+    """load_lora for a user's file: a LoRA whose header passed the checks but whose tensors do not fit this model
+    (other shapes, other layers) is an InputError naming the field, and leaves no half-loaded adapter behind."""
+    from ..errors import InputError
+
+    try:
+        load_lora(transformer, path, adapter_name)
+    except torch.OutOfMemoryError:
+        raise
+    except (ValueError, RuntimeError, KeyError) as error:
+        if adapter_name in getattr(transformer, "peft_config", {}):
+            transformer.delete_adapters([adapter_name])
+        reason = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+        raise InputError("lora_incompatible", field, f"does not fit this model's transformer ({reason})") from None
+
+
 @contextmanager
 def request_adapters(
     transformer: torch.nn.Module,
@@ -181,7 +237,7 @@ def request_adapters(
             weights[distill.adapter_name] = distill.strength
         for i, (path, weight) in enumerate(user_loras):
             name = f"{USER_ADAPTER_PREFIX}{i}"
-            load_lora(transformer, Path(path), name)
+            _load_user_lora(transformer, Path(path), name, f"loras[{i}].file")
             loaded.append(name)
             weights[name] = float(weight)
         if distill is not None:

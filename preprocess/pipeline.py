@@ -217,12 +217,14 @@ def _draw_letterboxed(poses: list[PoseMeta], canvas_hw: tuple[int, int], out_hw:
     return out
 
 
-def _draw(poses: list[PoseMeta], out_hw: tuple[int, int]) -> np.ndarray:
-    """Each pose drawn on its own black canvas of the output size, frames side by side."""
+def _draw(poses: list[PoseMeta], out_hw: tuple[int, int], right_hand_first: bool = False) -> np.ndarray:
+    """Each pose drawn on its own black canvas of the output size, frames side by side.
+
+    `right_hand_first` for retargeted poses: overlapping hands are painted in the official retargeted order."""
     out = np.empty((len(poses), *out_hw, 3), np.uint8)
 
     def draw(i: int, meta: PoseMeta) -> None:
-        out[i] = render_pose(meta, *out_hw)
+        out[i] = render_pose(meta, *out_hw, right_hand_first=right_hand_first)
 
     map_frames(draw, range(len(poses)), poses)
     return out
@@ -270,7 +272,7 @@ def _animation(driving: Path, reference_img: np.ndarray, indices: list[int], fps
     drive = _driving_pass(driving, indices, models, None, retarget and options.use_flux, log)
     timer.done("poses+faces", f"{len(indices)} frames at {drive.frame_hw[1]}x{drive.frame_hw[0]}")
     if retarget:
-        pose_frames = _draw(_retargeted(drive, reference, options, models, timer), out_hw)
+        pose_frames = _draw(_retargeted(drive, reference, options, models, timer), out_hw, right_hand_first=True)
     else:
         pose_frames = _draw_letterboxed(drive.poses, drive.frame_hw, out_hw)
     timer.done("skeletons", f"{out_hw[1]}x{out_hw[0]}")

@@ -15,7 +15,9 @@ Follows the official `get_retarget_pose` (wan/modules/animate/preprocess/retarge
    the reference's ground line and hips centred on the reference's (both full body), else neck on the
    reference's neck. Positions are then divided by `s`, i.e. expressed in the reference image's pixels.
 5. Hands are scaled about their root point by the shoulder ratio and attached to the moved wrists; the
-   output size is the reference image's.
+   output size is the reference image's. Each output hand is labelled by the wrist it is attached to. (The
+   official output stores the hand on the right wrist under its "left" label, so it is drawn first: the
+   pipeline draws retargeted poses with `right_hand_first=True` to paint overlapping hands in that order.)
 
 Missing joints. In the official code a joint is never missing (every point has a position and a score),
 so its missing-joint branches never run and bones are measured even from low-confidence, made-up points.
@@ -294,9 +296,10 @@ def _retarget_frame(frame: PoseMeta, reference: PoseMeta, ratios: np.ndarray, of
     swap = False
     if right_root[2] >= HAND_MIN_SCORE:
         swap = np.hypot(*(old[R_WRIST] - right_root[:2])) > np.hypot(*(old[L_WRIST] - right_root[:2]))
-    right_wrist, left_wrist = (L_WRIST, R_WRIST) if swap else (R_WRIST, L_WRIST)
-    right_hand = _move_hand(frame.right_hand, old[right_wrist], new[right_wrist], hand_ratio)
-    left_hand = _move_hand(frame.left_hand, old[left_wrist], new[left_wrist], hand_ratio)
+    # The output labels each hand by the wrist it is attached to: right_hand is the hand on the right wrist.
+    on_right, on_left = (frame.left_hand, frame.right_hand) if swap else (frame.right_hand, frame.left_hand)
+    right_hand = _move_hand(on_right, old[R_WRIST], new[R_WRIST], hand_ratio)
+    left_hand = _move_hand(on_left, old[L_WRIST], new[L_WRIST], hand_ratio)
 
     # The official output has no face landmarks; we move them with the nose, scaled like the nose->eye bone.
     face_ratio = ratios[NOSE_TO_EYE] / scale

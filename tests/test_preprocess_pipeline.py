@@ -174,6 +174,23 @@ def test_retarget_draws_at_reference_size(monkeypatch):
     assert cond.pose_frames[0][76, 138].max() > 0
 
 
+def test_retargeted_skeletons_paint_the_right_hand_first(monkeypatch):
+    def retarget_poses(driving_first, reference, driving, driving_edit=None, reference_edit=None):
+        out = []
+        for _ in driving:  # hands crossing at (row 100, col 128) of the 256x256 reference space
+            pose = PoseMeta.empty(reference.width, reference.height)
+            pose.right_hand[0], pose.right_hand[1] = (108, 100, 0.9), (148, 100, 0.9)  # bone 0: red, horizontal
+            pose.left_hand[5], pose.left_hand[6] = (128, 80, 0.9), (128, 120, 0.9)  # bone 5: vertical
+            out.append(pose)
+        return out
+
+    _fake_module(monkeypatch, "retarget", retarget_poses=retarget_poses)
+    cond = preprocess(fixture_path(VIDEO), fixture_path(REFERENCE), _options(fps=2, retarget_flag=True),
+                      PreprocessModels(ScriptedEstimator()))  # fmt: skip
+    assert cond.pose_frames[0][100, 118].tolist() == [255, 0, 0]  # the right hand's bone
+    assert cond.pose_frames[0][100, 128].tolist() != [255, 0, 0]  # painted over by the left hand's bone
+
+
 def test_retarget_needs_a_person_in_the_reference(monkeypatch):
     _fake_module(monkeypatch, "retarget", retarget_poses=lambda *a, **k: pytest.fail("must not be reached"))
 

@@ -274,7 +274,33 @@ def test_hand_nearer_the_other_wrist_is_swapped():
     frame.right_hand[:, :2] = DRIVING_XY[rt.L_WRIST] + [1.0, 2.0]  # the "right" hand sits at the left wrist
     frame.right_hand[:, 2] = 0.9
     out = rt.retarget_poses(drv, ref, [frame])[0]
-    np.testing.assert_array_equal(out.right_hand[:, :2], np.broadcast_to(2 * DRIVING_XY[rt.L_WRIST] + SHIFT, (21, 2)))
+    # labelled by the wrist it is attached to: the hand on the left wrist is the output's left hand
+    np.testing.assert_array_equal(out.left_hand[:, :2], np.broadcast_to(2 * DRIVING_XY[rt.L_WRIST] + SHIFT, (21, 2)))
+    np.testing.assert_allclose(out.left_hand[:, 2], 0.9)
+    assert (out.right_hand[:, 2] == 0).all()
+
+
+def test_overlapping_retargeted_hands_are_painted_in_the_official_order():
+    # Official: the retargeted hand on the right wrist is stored under the "left" label, so it is drawn
+    # first and the hand on the left wrist is painted over it where they cross.
+    from wan_animate.preprocess.skeleton import render_pose
+
+    drv, ref = driving_pose(), reference_pose()
+    frame = driving_pose()
+    frame.right_hand[0] = (*DRIVING_XY[rt.R_WRIST], 0.9)  # root (65, 130), bone 0 horizontal to (105, 130)
+    frame.right_hand[1] = (105, 130, 0.9)
+    frame.left_hand[0] = (*DRIVING_XY[rt.L_WRIST], 0.9)  # root (135, 130); bone 5 vertical at x = 95
+    frame.left_hand[5], frame.left_hand[6] = (95, 120, 0.9), (95, 140, 0.9)
+    out = rt.retarget_poses(drv, ref, [frame])[0]
+    np.testing.assert_array_equal(out.right_hand[0, :2], 2 * DRIVING_XY[rt.R_WRIST] + SHIFT)
+    np.testing.assert_array_equal(out.left_hand[0, :2], 2 * DRIVING_XY[rt.L_WRIST] + SHIFT)
+    crossing = (2 * 130 + 10, 2 * 95 + 30)  # (row, col) where the two bones cross in the 500x700 image
+    only_left, only_right = out.copy(), out.copy()
+    only_left.right_hand[:, 2] = 0
+    only_right.left_hand[:, 2] = 0
+    left_colour = render_pose(only_left)[crossing].tolist()
+    assert left_colour != render_pose(only_right)[crossing].tolist()
+    assert render_pose(out, right_hand_first=True)[crossing].tolist() == left_colour
 
 
 def test_face_moves_with_the_nose():

@@ -3,7 +3,9 @@
 Animation mode (official `replace_flag=False`): the OUTPUT SIZE comes from the reference image,
 resized by area; poses and face crops come from the driving frames at their own resolution; without
 retargeting each skeleton is drawn on a canvas of the video's size and then letterboxed to the output
-size; with retargeting the retargeted poses are drawn directly at the reference's size.
+size; with retargeting the retargeted poses are drawn directly at the reference's size. The model's
+reference is the ORIGINAL image letterboxed (bilinear) to that size, as official generate() reads
+src_ref.png (the unresized input) back; the area-resized copy serves only pose estimation and retargeting.
 
 Replacement mode (official `replace_flag=True`): the output size comes from the driving video; every
 frame is resized by area first (letterboxed, as official), poses, face crops, skeletons and person
@@ -264,8 +266,9 @@ def _retargeted(drive: _DrivingPass, reference: np.ndarray, options: PreprocessO
 def _animation(driving: Path, reference_img: np.ndarray, indices: list[int], fps: float, options: PreprocessOptions,
                models: PreprocessModels, log: logging.Logger, timer: _Timer) -> Conditioning:  # fmt: skip
     area = options.resolution_width * options.resolution_height
-    reference = resize_by_area(reference_img, area)  # the output size is the reference's
+    reference = resize_by_area(reference_img, area)  # the output size is the reference's; poses run on this copy
     out_hw = (int(reference.shape[0]), int(reference.shape[1]))
+    model_reference = letterbox(reference_img, *out_hw)  # official generate(): the raw input, bilinear, to out_hw
     retarget = options.retarget_flag
     if options.use_flux and not retarget:
         log.warning("use_flux only applies with retarget_flag=true (official); ignoring it")
@@ -276,7 +279,7 @@ def _animation(driving: Path, reference_img: np.ndarray, indices: list[int], fps
     else:
         pose_frames = _draw_letterboxed(drive.poses, drive.frame_hw, out_hw)
     timer.done("skeletons", f"{out_hw[1]}x{out_hw[0]}")
-    return Conditioning(pose_frames=pose_frames, face_frames=drive.faces, reference=reference, fps=float(fps))
+    return Conditioning(pose_frames=pose_frames, face_frames=drive.faces, reference=model_reference, fps=float(fps))
 
 
 def _replacement(driving: Path, reference_img: np.ndarray, info: VideoInfo, indices: list[int], fps: float,

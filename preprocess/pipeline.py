@@ -400,8 +400,8 @@ def load_preprocess_models(paths: Any, device: Any, per_request: bool = False) -
 def _load_pose_and_segmenter(paths: Any, device: Any) -> tuple[PoseEstimator, Any]:
     """The preprocessing models that live on the GPU: the detector + pose ONNX sessions and SAM2."""
     from .detection import OnnxPersonDetector
-    from .masks import load_segmenter
     from .pose import OnnxWholeBodyPose, WholeBodyPoseEstimator
+    from .sam2_video import load_segmenter
 
     providers = _onnx_providers(device)
     estimator = WholeBodyPoseEstimator(
@@ -439,8 +439,8 @@ def models_for_request(models: PreprocessModels, paths: Any, device: Any) -> Ite
 def smoke_preprocess_models(device: Any) -> PreprocessModels:
     """SMOKE ONLY: YOLO11n-pose (17 body points, synthetic face box) instead of YOLOv10m + ViTPose-H."""
     from .detection import UltralyticsPoseDetector
-    from .masks import smoke_segmenter
     from .pose import SmokeBodyPoseEstimator
+    from .sam2_video import smoke_segmenter
 
     ul_device = "cpu"
     if getattr(device, "type", str(device)).startswith("cuda"):

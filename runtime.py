@@ -165,7 +165,7 @@ def load_runtime(setup: AppSetup) -> Runtime:
         wan_models = build_tiny_models(device=device, dtype=torch.float32)
         if setup.distill_lora:  # a random LoRA in the release's layout, through the real loader
             from .wan.distill import load_distill_lora
-            from .wan.testing import lightx2v_lora_tensors
+            from .wan.smoke import lightx2v_lora_tensors
 
             wan_models.distill = load_distill_lora(wan_models.transformer, lightx2v_lora_tensors(wan_models.transformer))
         if context_parallel is not None:

@@ -63,7 +63,7 @@ VAE = HubComponent("vae", WAN_ANIMATE_DIFFUSERS_REPO, ("vae/*",), 0.5)
 TEXT_ENCODER = HubComponent("text_encoder", WAN_ANIMATE_DIFFUSERS_REPO, ("text_encoder/*", "tokenizer/*"), 11.4)
 IMAGE_ENCODER = HubComponent("image_encoder", WAN_ANIMATE_DIFFUSERS_REPO, ("image_encoder/*", "image_processor/*"), 1.3)
 # The release's own SAM 2.0 hiera-large checkpoint (what the official preprocessing loads), converted in memory
-# to transformers' Sam2VideoModel by preprocess/masks.py.
+# to transformers' Sam2VideoModel by preprocess/sam2_checkpoint.py.
 SAM2 = HubComponent("sam2", WAN_ANIMATE_REPO, ("process_checkpoint/sam2/sam2_hiera_large.pt",), 0.9)
 DISTILL_LORA = HubComponent("distill_lora", DISTILL_LORA_REPO, (DISTILL_LORA_FILE,), 0.74, DISTILL_LORA_REVISION)
 FLUX_KONTEXT = HubComponent(

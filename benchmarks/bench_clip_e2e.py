@@ -201,7 +201,7 @@ def load_random_distill_lora(models: Any, rank: int = 64, scale: float = 1e-3) -
     """A random distillation LoRA in the release's layout (487 rank-64 pairs + 775 differences, bf16), made on the
     GPU and loaded through the app's loader; returns seconds."""
     from wan_animate.wan.distill import load_distill_lora
-    from wan_animate.wan.testing import lightx2v_lora_tensors
+    from wan_animate.wan.smoke import lightx2v_lora_tensors
 
     start = time.perf_counter()
     state = lightx2v_lora_tensors(models.transformer, rank=rank, seed=0, scale=scale, device=models.device)

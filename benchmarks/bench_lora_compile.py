@@ -81,8 +81,8 @@ def run_relighting(speed: Any, model: torch.nn.Module, adapter: str, inputs: dic
 def run_user_loras(
     speed: Any, model: torch.nn.Module, adapter: str, inputs: dict[str, torch.Tensor], folder: Path
 ) -> list[dict]:
+    from release_checkpoints import write_user_lora
     from wan_animate.wan.lora import request_adapters
-    from wan_animate.wan.testing import write_user_lora
 
     paths = {
         name: write_user_lora(model, folder / f"user_{name}.safetensors", rank=rank, alpha=rank, seed=i + 10)
@@ -127,8 +127,8 @@ def legacy_load_lora(model: torch.nn.Module, path: Path, adapter_name: str) -> N
 
 def run_load_only(model: torch.nn.Module, folder: Path, repeats: int = 2) -> list[dict]:
     """Seconds to load + delete each user LoRA, the app's loader and the legacy one alternating."""
+    from release_checkpoints import write_user_lora
     from wan_animate.wan.lora import load_lora
-    from wan_animate.wan.testing import write_user_lora
 
     paths = {
         name: write_user_lora(model, folder / f"user_{name}.safetensors", rank=rank, alpha=rank, seed=i + 10)
@@ -157,10 +157,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     args = parser.parse_args()
     sys.path.insert(0, str(APP_ROOT / "benchmarks"))
+    sys.path.insert(0, str(APP_ROOT / "tests"))  # release_checkpoints: LoRA files in the release layouts
     import bench_forward  # registers the app package; full-size model builder
+    from release_checkpoints import write_relighting_checkpoint
     from wan_animate.wan.lora import load_relighting_lora
     from wan_animate.wan.models import build_tiny_models
-    from wan_animate.wan.testing import write_relighting_checkpoint
 
     speed = bench_forward.speed
     model = build_tiny_models().transformer if args.tiny else bench_forward.build_model()

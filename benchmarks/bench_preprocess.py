@@ -287,7 +287,7 @@ PARTS = {
 
 def instrumentation(models: Any, clock: StageClock) -> list[tuple[Any, str, Any]]:
     """The patches that route every preprocessing stage through `clock` (the app's functions, unchanged)."""
-    from wan_animate.preprocess import detection, masks, pipeline, pose
+    from wan_animate.preprocess import detection, masks, pipeline, pose, sam2_video
 
     estimator = models.pose_estimator
     det, pose_model = estimator.detector, estimator.pose
@@ -311,8 +311,8 @@ def instrumentation(models: Any, clock: StageClock) -> list[tuple[Any, str, Any]
         (pose, "pose_inputs", clock.wrap(pose_parts[0], pose.pose_inputs)),
         (pose, "decode_heatmaps", clock.wrap(pose_parts[2], pose.decode_heatmaps)),
         (masks, "person_masks", clock.wrap(SAM2, masks.person_masks, gpu=True)),
-        (masks, "fill_small_holes", clock.wrap(sam_parts[1], masks.fill_small_holes)),
-        (masks, "upsample_logits", clock.wrap(sam_parts[1], masks.upsample_logits)),
+        (sam2_video, "fill_small_holes", clock.wrap(sam_parts[1], sam2_video.fill_small_holes)),
+        (sam2_video, "upsample_logits", clock.wrap(sam_parts[1], sam2_video.upsample_logits)),
         (masks, "refine_masks", clock.wrap(REFINE, masks.refine_masks)),
         (masks, "remove_person", clock.wrap(BACKGROUND, masks.remove_person)),
     ]

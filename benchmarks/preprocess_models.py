@@ -503,12 +503,12 @@ def original_sam2_state(variant: str = "hiera_large", seed: int = 0, device: Any
     """A state dict with the original SAM2 key names and shapes of `variant` (tests/data/sam2_<variant>_keys.json),
     holding transformers' random initialisation of Sam2VideoModel mapped back through the app's key conversion."""
     from transformers import Sam2VideoModel
-    from wan_animate.preprocess import masks
+    from wan_animate.preprocess import sam2_checkpoint
 
     shapes = json.loads(SAM2_KEYS[variant].read_text())["keys"]
     torch.manual_seed(seed)
     with torch.device(device):
-        model = Sam2VideoModel(masks.sam2_config(variant))
+        model = Sam2VideoModel(sam2_checkpoint.sam2_config(variant))
     initialised = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     point_prefix = "sam_prompt_encoder.point_embeddings."
     state: dict[str, torch.Tensor] = {}
@@ -517,7 +517,7 @@ def original_sam2_state(variant: str = "hiera_large", seed: int = 0, device: Any
             index = int(key[len(point_prefix) :].split(".")[0])
             value = initialised["prompt_encoder.point_embed.weight"][index : index + 1]
         else:
-            value = initialised[masks.original_to_hf_key(key)]
+            value = initialised[sam2_checkpoint.original_to_hf_key(key)]
         if list(value.shape) != list(shape):
             raise ValueError(f"{key}: transformers gives {list(value.shape)}, the original has {shape}")
         state[key] = value.clone()

@@ -3,7 +3,9 @@
 Animation mode (official `replace_flag=False`): the OUTPUT SIZE comes from the reference image,
 resized by area; poses and face crops come from the driving frames at their own resolution; without
 retargeting each skeleton is drawn on a canvas of the video's size and then letterboxed to the output
-size; with retargeting the retargeted poses are drawn directly at the reference's size.
+size; with retargeting the retargeted poses are drawn directly at the reference's size. The model's
+reference is the ORIGINAL image letterboxed (bilinear) to that size, as official generate() reads
+src_ref.png (the unresized input) back; the area-resized copy serves only pose estimation and retargeting.
 
 Replacement mode (official `replace_flag=True`): the output size comes from the driving video; every
 frame is resized by area first (letterboxed, as official), poses, face crops, skeletons and person
@@ -219,12 +221,14 @@ def _draw_letterboxed(poses: list[PoseMeta], canvas_hw: tuple[int, int], out_hw:
     return out
 
 
-def _draw(poses: list[PoseMeta], out_hw: tuple[int, int]) -> np.ndarray:
-    """Each pose drawn on its own black canvas of the output size, frames side by side."""
+def _draw(poses: list[PoseMeta], out_hw: tuple[int, int], right_hand_first: bool = False) -> np.ndarray:
+    """Each pose drawn on its own black canvas of the output size, frames side by side.
+
+    `right_hand_first` for retargeted poses: overlapping hands are painted in the official retargeted order."""
     out = np.empty((len(poses), *out_hw, 3), np.uint8)
 
     def draw(i: int, meta: PoseMeta) -> None:
-        out[i] = render_pose(meta, *out_hw)
+        out[i] = render_pose(meta, *out_hw, right_hand_first=right_hand_first)
 
     map_frames(draw, range(len(poses)), poses)
     return out
@@ -264,19 +268,20 @@ def _retargeted(drive: _DrivingPass, reference: np.ndarray, options: PreprocessO
 def _animation(driving: Path, reference_img: np.ndarray, indices: list[int], fps: float, options: PreprocessOptions,
                models: PreprocessModels, log: logging.Logger, timer: _Timer) -> Conditioning:  # fmt: skip
     area = options.resolution_width * options.resolution_height
-    reference = resize_by_area(reference_img, area)  # the output size is the reference's
+    reference = resize_by_area(reference_img, area)  # the output size is the reference's; poses run on this copy
     out_hw = (int(reference.shape[0]), int(reference.shape[1]))
+    model_reference = letterbox(reference_img, *out_hw)  # official generate(): the raw input, bilinear, to out_hw
     retarget = options.retarget_flag
     if options.use_flux and not retarget:
         log.warning("use_flux only applies with retarget_flag=true (official); ignoring it")
     drive = _driving_pass(driving, indices, models, None, retarget and options.use_flux, log)
     timer.done("poses+faces", f"{len(indices)} frames at {drive.frame_hw[1]}x{drive.frame_hw[0]}")
     if retarget:
-        pose_frames = _draw(_retargeted(drive, reference, options, models, timer), out_hw)
+        pose_frames = _draw(_retargeted(drive, reference, options, models, timer), out_hw, right_hand_first=True)
     else:
         pose_frames = _draw_letterboxed(drive.poses, drive.frame_hw, out_hw)
     timer.done("skeletons", f"{out_hw[1]}x{out_hw[0]}")
-    return Conditioning(pose_frames=pose_frames, face_frames=drive.faces, reference=reference, fps=float(fps))
+    return Conditioning(pose_frames=pose_frames, face_frames=drive.faces, reference=model_reference, fps=float(fps))
 
 
 def _replacement(driving: Path, reference_img: np.ndarray, info: VideoInfo, indices: list[int], fps: float,
@@ -398,8 +403,8 @@ def load_preprocess_models(paths: Any, device: Any, per_request: bool = False) -
 def _load_pose_and_segmenter(paths: Any, device: Any) -> tuple[PoseEstimator, Any]:
     """The preprocessing models that live on the GPU: the detector + pose ONNX sessions and SAM2."""
     from .detection import OnnxPersonDetector
-    from .masks import load_segmenter
     from .pose import OnnxWholeBodyPose, WholeBodyPoseEstimator
+    from .sam2_video import load_segmenter
 
     providers = _onnx_providers(device)
     estimator = WholeBodyPoseEstimator(
@@ -437,7 +442,7 @@ def models_for_request(models: PreprocessModels, paths: Any, device: Any) -> Ite
 def smoke_preprocess_models(device: Any) -> PreprocessModels:
     """SMOKE ONLY: the production detector + pose classes on tiny fixed-output ONNX graphs (preprocess/smoke_models.py)
     instead of YOLOv10m + ViTPose-H, and the smoke segmenter."""
-    from .masks import smoke_segmenter
+    from .sam2_video import smoke_segmenter
     from .smoke_models import smoke_pose_estimator
 
     return PreprocessModels(pose_estimator=smoke_pose_estimator(_onnx_providers(device)), segmenter=smoke_segmenter(device))

@@ -161,6 +161,9 @@ def argmax_heatmaps(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def modulate_heatmaps(heatmaps: np.ndarray, kernel: int = DARK_KERNEL) -> np.ndarray:
     """DARK's Gaussian modulation: blur each map (zero-padded by kernel//2), rescale to its original max.
 
+    The rescale factor is original max / blurred max, as official, whatever their signs: a map with a
+    positive peak whose blurred map is all negative comes out flipped (and DARK still refines on it). Only
+    a blurred max of exactly 0 keeps factor 1 (the official code divides by zero there and gets NaN).
     The K maps of a frame go to cv2 as channels, at most CV_MAX_CHANNELS at a time (OpenCV 5 reads an array
     with more channels than that as a 3-D matrix and refuses it; OpenCV 4 allows 512).
     """
@@ -175,9 +178,10 @@ def modulate_heatmaps(heatmaps: np.ndarray, kernel: int = DARK_KERNEL) -> np.nda
         blurred = np.empty((h, w, k), np.float32)
         for chunk, buffer in zip(chunks, padded, strict=True):
             buffer[border:-border, border:-border] = maps[..., chunk]
-            blurred[..., chunk] = cv2.GaussianBlur(buffer, (kernel, kernel), 0)[border:-border, border:-border]
+            smooth = cv2.GaussianBlur(buffer, (kernel, kernel), 0).reshape(buffer.shape)  # cv2 drops a 1-channel axis
+            blurred[..., chunk] = smooth[border:-border, border:-border]
         new_max = blurred.max(axis=(0, 1))
-        ratio = np.where(new_max > 0, maps.max(axis=(0, 1)) / np.where(new_max > 0, new_max, 1.0), 1.0)
+        ratio = np.where(new_max != 0, maps.max(axis=(0, 1)) / np.where(new_max != 0, new_max, 1.0), 1.0)
         out[i] = (blurred * ratio).transpose(2, 0, 1)
     return out
 

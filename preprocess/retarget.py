@@ -4,16 +4,20 @@ Follows the official `get_retarget_pose` (wan/modules/animate/preprocess/retarge
 
 1. A body scale `s` = driving person height / reference person height (nose to ankles, else nose to hips,
    else the ratio of image sizes), measured on the driving video's first frame and the reference.
-2. Per-bone ratios `s * reference_length / driving_length` for the 19 bones of the 20-point body (in the
-   FLUX path the lengths come from the two FLUX-standardised images, corrected for any rescaling FLUX did),
-   then symmetrised: left/right pairs take the larger ratio, eye and ear bones the mean.
+2. Per-bone ratios `reference_length / driving_length` for the 19 bones of the 20-point body, the
+   reference measured on its image resized by `s` to int(width * s) x int(height * s) as official (so each
+   axis scales by its truncated side over the original, not exactly by `s`). In the FLUX path the lengths
+   come from the two FLUX-standardised images, corrected for any rescaling FLUX did. The ratios are then
+   symmetrised: left/right pairs take the larger ratio, eye and ear bones the mean.
 3. Every driving frame is rebuilt along the joint tree from the neck: each bone keeps its direction in
    that frame and gets its length times the ratio (feet capped at half the shin).
-4. Alignment: the rebuilt first frame is placed on the reference: feet on the reference's ground line and
-   hips centred on the reference's (both full body), else neck on the reference's neck. Positions are
-   then divided by `s`, i.e. expressed in the reference image's pixels.
+4. Alignment: the rebuilt first frame is placed on the reference (on that same truncated canvas): feet on
+   the reference's ground line and hips centred on the reference's (both full body), else neck on the
+   reference's neck. Positions are then divided by `s`, i.e. expressed in the reference image's pixels.
 5. Hands are scaled about their root point by the shoulder ratio and attached to the moved wrists; the
-   output size is the reference image's.
+   output size is the reference image's. Each output hand is labelled by the wrist it is attached to. (The
+   official output stores the hand on the right wrist under its "left" label, so it is drawn first: the
+   pipeline draws retargeted poses with `right_hand_first=True` to paint overlapping hands in that order.)
 
 Missing joints. In the official code a joint is never missing (every point has a position and a score),
 so its missing-joint branches never run and bones are measured even from low-confidence, made-up points.
@@ -170,8 +174,24 @@ def _intact_lengths(body: np.ndarray, present: np.ndarray, joints: tuple[int, ..
     return out
 
 
+def reference_in_driving_pixels(reference: PoseMeta, scale: float) -> np.ndarray:
+    """(20, 3) reference body on its image resized by `scale` to int(width * scale) x int(height * scale).
+
+    The official code truncates the scaled reference canvas to whole pixels before it measures bones and
+    the ground line, so each axis scales by its own factor int(side * scale) / side, not by `scale`.
+    Scores are unchanged.
+    """
+    body = reference.body.astype(np.float64).copy()
+    body[:, 0] = body[:, 0] / reference.width * int(reference.width * scale)
+    body[:, 1] = body[:, 1] / reference.height * int(reference.height * scale)
+    return body
+
+
 def bone_ratios(driving_lengths: np.ndarray, reference_lengths: np.ndarray, scale: float) -> np.ndarray:
-    """(19,) ratios `scale * reference / driving` after the official fill and symmetrisation rules."""
+    """(19,) ratios `scale * reference / driving` after the official fill and symmetrisation rules.
+
+    `retarget_poses` passes reference lengths already in the driving frame's pixels, with scale 1.
+    """
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = scale * reference_lengths / driving_lengths
     ratios[~np.isfinite(ratios) | (ratios <= 0)] = np.nan
@@ -223,23 +243,23 @@ def body_extent(pose: PoseMeta) -> int:
     return 0
 
 
-def alignment_offset(first_rebuilt: np.ndarray, reference: PoseMeta, scale: float, full_body: bool) -> np.ndarray:
+def alignment_offset(first_rebuilt: np.ndarray, reference_body: np.ndarray, full_body: bool) -> np.ndarray:
     """(2,) offset to subtract from rebuilt driving positions so the first frame sits on the reference.
 
-    Works in the driving frame's pixels (the reference is multiplied by `scale`). Full body: the lower
-    rebuilt ankle on the reference's ground line (the lower ankle, or the lower ankle-toe midpoint when
-    both toes are present: official uses the toe midpoints only for the reference) and the hip midpoints
-    on each other. Otherwise the necks on each other.
+    Works in the driving frame's pixels: `reference_body` is the (20, 3) reference from
+    `reference_in_driving_pixels`. Full body: the lower rebuilt ankle on the reference's ground line (the
+    lower ankle, or the lower ankle-toe midpoint when both toes are present: official uses the toe midpoints
+    only for the reference) and the hip midpoints on each other. Otherwise the necks on each other.
     """
-    ref = reference.body
+    ref = reference_body
     if full_body:
         ground_y = max(ref[R_ANKLE, 1], ref[L_ANKLE, 1])
         if ref[R_TOE, 2] >= MIN_SCORE and ref[L_TOE, 2] >= MIN_SCORE:
             ground_y = max((ref[R_ANKLE, 1] + ref[R_TOE, 1]) / 2, (ref[L_ANKLE, 1] + ref[L_TOE, 1]) / 2)
-        dy = max(first_rebuilt[R_ANKLE, 1], first_rebuilt[L_ANKLE, 1]) - ground_y * scale
-        dx = (first_rebuilt[R_HIP, 0] + first_rebuilt[L_HIP, 0]) / 2 - (ref[R_HIP, 0] + ref[L_HIP, 0]) / 2 * scale
+        dy = max(first_rebuilt[R_ANKLE, 1], first_rebuilt[L_ANKLE, 1]) - ground_y
+        dx = (first_rebuilt[R_HIP, 0] + first_rebuilt[L_HIP, 0]) / 2 - (ref[R_HIP, 0] + ref[L_HIP, 0]) / 2
         return np.array([dx, dy], np.float64)
-    return first_rebuilt[NECK] - ref[NECK, :2].astype(np.float64) * scale
+    return first_rebuilt[NECK] - ref[NECK, :2].astype(np.float64)
 
 
 def _move_hand(hand: np.ndarray, old_wrist: np.ndarray, new_wrist: np.ndarray, ratio: float) -> np.ndarray:
@@ -276,9 +296,10 @@ def _retarget_frame(frame: PoseMeta, reference: PoseMeta, ratios: np.ndarray, of
     swap = False
     if right_root[2] >= HAND_MIN_SCORE:
         swap = np.hypot(*(old[R_WRIST] - right_root[:2])) > np.hypot(*(old[L_WRIST] - right_root[:2]))
-    right_wrist, left_wrist = (L_WRIST, R_WRIST) if swap else (R_WRIST, L_WRIST)
-    right_hand = _move_hand(frame.right_hand, old[right_wrist], new[right_wrist], hand_ratio)
-    left_hand = _move_hand(frame.left_hand, old[left_wrist], new[left_wrist], hand_ratio)
+    # The output labels each hand by the wrist it is attached to: right_hand is the hand on the right wrist.
+    on_right, on_left = (frame.left_hand, frame.right_hand) if swap else (frame.right_hand, frame.left_hand)
+    right_hand = _move_hand(on_right, old[R_WRIST], new[R_WRIST], hand_ratio)
+    left_hand = _move_hand(on_left, old[L_WRIST], new[L_WRIST], hand_ratio)
 
     # The official output has no face landmarks; we move them with the nose, scaled like the nose->eye bone.
     face_ratio = ratios[NOSE_TO_EYE] / scale
@@ -321,21 +342,23 @@ def retarget_poses(
         if pose.body.shape != (NUM_BODY, 3):
             raise ValueError(f"body must be ({NUM_BODY}, 3), got {pose.body.shape}")
     scale, _ = body_scale(driving_first, reference)
+    reference_body = reference_in_driving_pixels(reference, scale)
     if driving_edit is not None and reference_edit is not None:
         edit_scale, area_rule = body_scale(driving_edit, reference_edit)
         # official: FLUX may have drawn a person smaller/larger; when heights could not be compared,
         # head and shoulder widths against the unedited images correct for that
         fix_driving = flux_rescale(driving_first, driving_edit) if area_rule else 1.0
         fix_reference = flux_rescale(reference, reference_edit) if area_rule else 1.0
+        reference_edit_body = reference_in_driving_pixels(reference_edit, edit_scale)
         ratios = bone_ratios(
-            bone_lengths(driving_edit.body) * fix_driving, bone_lengths(reference_edit.body) * fix_reference, edit_scale
+            bone_lengths(driving_edit.body) * fix_driving, bone_lengths(reference_edit_body) * fix_reference, 1.0
         )
     else:
-        ratios = bone_ratios(bone_lengths(driving_first.body), bone_lengths(reference.body), scale)
+        ratios = bone_ratios(bone_lengths(driving_first.body), bone_lengths(reference_body), 1.0)
 
     full_body = min(body_extent(driving_first), body_extent(reference)) == 2
     first = rebuild_body(driving_first.body[:, :2].astype(np.float64), ratios, cap_feet=False)
-    offset = alignment_offset(first, reference, scale, full_body)
+    offset = alignment_offset(first, reference_body, full_body)
     # (The official code also re-centres frame 0 on rescaled_src_ground_x; that correction is exactly zero,
     # since frame 0 is the same skeleton rebuilt with the same ratios, so it is left out.)
     return [_retarget_frame(frame, reference, ratios, offset, scale) for frame in driving]

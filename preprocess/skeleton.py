@@ -6,8 +6,9 @@ Official drawing (human_visualization.py, stickwidth_type 'v2', threshold 0.5, h
   half-length int(length / 2), half-width s, angle int(degrees), centre int()-truncated, coloured
   with the limb's colour at 60 % (int(c * 0.6));
 - then a filled circle of radius s in the joint's full colour on each of the 20 body joints;
-- then both hands: 20 bones as cv2.line of thickness max(s // 2, 1) in rainbow HSV colours, and a
-  blue (0, 0, 255) dot of that radius on each hand joint; hand points need x > 0.01 and y > 0.01;
+- then both hands, left then right (retargeted poses: see draw_pose): 20 bones as cv2.line of
+  thickness max(s // 2, 1) in rainbow HSV colours, and a blue (0, 0, 255) dot of that radius on each hand
+  joint; hand points need x > 0.01 and y > 0.01;
 - no face landmarks. A point is drawn when its score is >= 0.5.
 Colours are RGB (the canvas is an RGB image that the official code writes as RGB video).
 """
@@ -88,8 +89,14 @@ def draw_hand(canvas: np.ndarray, hand: np.ndarray, threshold: float = THRESHOLD
             cv2.circle(canvas, (x, y), width, HAND_POINT_COLOR, thickness=-1)
 
 
-def draw_pose(canvas: np.ndarray, meta: PoseMeta, threshold: float = THRESHOLD, draw_hands: bool = True) -> np.ndarray:
-    """Draw one pose on an (H, W, 3) uint8 RGB canvas in place (and return it); coordinates in its pixels."""
+def draw_pose(canvas: np.ndarray, meta: PoseMeta, threshold: float = THRESHOLD, draw_hands: bool = True,
+              right_hand_first: bool = False) -> np.ndarray:  # fmt: skip
+    """Draw one pose on an (H, W, 3) uint8 RGB canvas in place (and return it); coordinates in its pixels.
+
+    Hands are drawn left then right, so the right one is on top where they overlap (official for detected
+    poses). `right_hand_first` reverses that: the official retargeting stores the hand on the right wrist
+    under its "left" label, so retargeted skeletons are painted right hand first.
+    """
     width = stick_width(*canvas.shape[:2])
     body = meta.body
     for (a, b), color in zip(LIMBS, COLORS, strict=False):  # 19 limbs use the first 19 colours
@@ -102,12 +109,14 @@ def draw_pose(canvas: np.ndarray, meta: PoseMeta, threshold: float = THRESHOLD, 
             continue
         cv2.circle(canvas, (int(point[0]), int(point[1])), width, color, thickness=-1)
     if draw_hands:
-        draw_hand(canvas, meta.left_hand, threshold)
-        draw_hand(canvas, meta.right_hand, threshold)
+        hands = (meta.right_hand, meta.left_hand) if right_hand_first else (meta.left_hand, meta.right_hand)
+        for hand in hands:
+            draw_hand(canvas, hand, threshold)
     return canvas
 
 
-def render_pose(meta: PoseMeta, height: int | None = None, width: int | None = None) -> np.ndarray:
+def render_pose(meta: PoseMeta, height: int | None = None, width: int | None = None, right_hand_first: bool = False
+                ) -> np.ndarray:  # fmt: skip
     """A new black (H, W, 3) uint8 canvas with the pose drawn; size defaults to the pose's image size."""
     canvas = np.zeros((height or meta.height, width or meta.width, 3), np.uint8)
-    return draw_pose(canvas, meta)
+    return draw_pose(canvas, meta, right_hand_first=right_hand_first)

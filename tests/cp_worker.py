@@ -83,8 +83,8 @@ def check_forward(args: argparse.Namespace, device: torch.device, compile_backen
 
 def check_generate(args: argparse.Namespace, device: torch.device) -> dict:
     """A whole generate() on tiny models: 2 clips of 13 frames, 2 steps, guidance on (cond + uncond passes)."""
+    from tiny_conditioning import tiny_conditioning
     from wan_animate.wan import GenerationOptions, build_tiny_models, generate_clips, parallel
-    from wan_animate.wan.testing import tiny_conditioning
 
     models = build_tiny_models(device=device)
     cond = tiny_conditioning(21, height=HEIGHT, width=WIDTH, seed=3)

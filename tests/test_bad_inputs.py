@@ -340,8 +340,8 @@ def test_a_url_in_path_downloads_and_runs_in_the_app(smoke_app: object, file_cac
 def lora_file(smoke_app: object, tmp_path: Path, kind: str) -> Path:
     """A LoRA file of the given kind: a valid one for the smoke transformer, or one of the ways it can be wrong."""
     import torch
+    from release_checkpoints import write_user_lora
     from safetensors.torch import save_file
-    from wan_animate.wan.testing import write_user_lora
 
     path = tmp_path / f"{kind}.safetensors"
     if kind == "valid":
@@ -354,7 +354,7 @@ def lora_file(smoke_app: object, tmp_path: Path, kind: str) -> Path:
         save_file({"transformer.single_transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(2, 8),
                    "transformer.single_transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(8, 2)}, str(path))  # fmt: skip
     elif kind == "wrong_shapes":  # a Wan LoRA for a model of another width (e.g. the 1.3B for the 14B)
-        from wan_animate.wan.testing import lora_tensors
+        from release_checkpoints import lora_tensors
 
         tensors = lora_tensors(smoke_app.runtime.wan_models.transformer, rank=2, seed=0, down="lora_down", up="lora_up")
         save_file({f"diffusion_model.{k}": torch.zeros(v.shape[0] + 3, v.shape[1] + 5) for k, v in tensors.items()},

@@ -82,12 +82,12 @@ def test_vitpose_h_size_and_heatmaps():
 
 
 def test_sam2_release_checkpoint_loads_in_the_app(tmp_path):
-    from wan_animate.preprocess import masks
+    from wan_animate.preprocess import sam2_video
 
     path = pm.write_sam2_release_checkpoint(tmp_path / "sam2" / "sam2_hiera_large.pt", "hiera_tiny")
     raw = torch.load(path, weights_only=True)["model"]
     assert sorted(raw) == sorted(json.loads(pm.SAM2_KEYS["hiera_tiny"].read_text())["keys"])
-    segmenter = masks.load_segmenter(path, "cpu")
+    segmenter = sam2_video.load_segmenter(path, "cpu")
     loaded = segmenter.model.state_dict()
     torch.testing.assert_close(loaded["vision_encoder.backbone.blocks.3.mlp.proj_in.weight"],
                                raw["image_encoder.trunk.blocks.3.mlp.layers.0.weight"])  # fmt: skip

@@ -35,7 +35,7 @@ def test_batched_preparation_equals_frame_by_frame(monkeypatch, threads):
 
 def test_sam2_pixel_frames_equal_frame_by_frame(monkeypatch):
     import torch
-    from wan_animate.preprocess.masks import tiny_sam2_video
+    from wan_animate.preprocess.sam2_video import tiny_sam2_video
 
     monkeypatch.setenv(frame_threads.ENV_THREADS, "3")
     segmenter = tiny_sam2_video()

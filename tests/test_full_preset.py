@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import release_checkpoints
 import torch
 from wan_animate.preprocess.smoke_models import write_detector, write_vitpose
 
@@ -18,7 +19,6 @@ from local_runner import APP_ROOT, import_app_module
 
 inference = import_app_module("inference")
 weights = import_app_module("weights")
-testing = import_app_module("wan.testing")
 wan_models = import_app_module("wan.models")
 masks = import_app_module("preprocess.masks")
 COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
@@ -42,8 +42,8 @@ def write_release(cache: Path) -> torch.nn.Module:
     """Tiny checkpoints of every component in the release's formats; returns the transformer they came from."""
     tiny = wan_models.build_tiny_models(seed=0, motion_encoder_size=512)  # release motion-encoder layout
     original = snapshot(cache, weights.WAN_ANIMATE_REPO)
-    testing.write_original_checkpoint(tiny.transformer, original, num_shards=2)
-    testing.write_relighting_checkpoint(tiny.transformer, original / "relighting_lora.ckpt")
+    release_checkpoints.write_original_checkpoint(tiny.transformer, original, num_shards=2)
+    release_checkpoints.write_relighting_checkpoint(tiny.transformer, original / "relighting_lora.ckpt")
     # One confident person box over the middle of the 640x640 detector input: x1, y1, x2, y2, score, class.
     (original / "process_checkpoint/det").mkdir(parents=True)
     write_detector(original / "process_checkpoint/det/yolov10m.onnx", np.array([[160, 60, 480, 620, 0.9, 0]]))
@@ -65,7 +65,7 @@ def write_release(cache: Path) -> torch.nn.Module:
     (diffusers_repo / "transformer" / "config.json").write_text(tiny.transformer.to_json_string())
 
     distill_repo = snapshot(cache, weights.DISTILL_LORA_REPO)
-    testing.write_lightx2v_lora(tiny.transformer, distill_repo / weights.DISTILL_LORA_FILE, rank=4, seed=1)
+    release_checkpoints.write_lightx2v_lora(tiny.transformer, distill_repo / weights.DISTILL_LORA_FILE, rank=4, seed=1)
     return tiny.transformer
 
 

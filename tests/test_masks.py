@@ -1,21 +1,18 @@
-"""Replacement masks: refinement and background on hand-made arrays, chunking/key frames/fallbacks with a
-fake segmenter, the SAM2 checkpoint conversion against the real key layout, the tiny SAM2 on real frames."""
+"""Replacement masks: refinement and background on hand-made arrays, key frames/clicks, chunking and fallbacks
+with a fake segmenter, the tiny SAM2 on real frames (the SAM2 weights and segmenter pieces: test_sam2.py)."""
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import fixture_path
 from wan_animate.errors import InputError
+from wan_animate.preprocess import mask_prompts as P
 from wan_animate.preprocess import masks as M
+from wan_animate.preprocess import sam2_video as V
 from wan_animate.preprocess.pose_meta import PoseMeta
-
-DATA = Path(__file__).parent / "data"
 
 
 def one_frame(mask: np.ndarray) -> np.ndarray:
@@ -118,12 +115,12 @@ def test_remove_person_zeroes_the_masked_pixels():
 
 
 def test_key_frames_follow_the_official_rule():
-    assert M.key_frames(400) == [0, 100, 200, 300]
-    assert M.key_frames(10) == [0, 2, 4, 6, 8]  # step 10 // 4 = 2
-    assert M.key_frames(7) == list(range(7))  # step 1
-    assert M.key_frames(4) == [0]
-    assert M.key_frames(1) == [0]
-    assert M.key_frames(0) == []
+    assert P.key_frames(400) == [0, 100, 200, 300]
+    assert P.key_frames(10) == [0, 2, 4, 6, 8]  # step 10 // 4 = 2
+    assert P.key_frames(7) == list(range(7))  # step 1
+    assert P.key_frames(4) == [0]
+    assert P.key_frames(1) == [0]
+    assert P.key_frames(0) == []
 
 
 def pose_with(points: dict[int, tuple[float, float, float]], width: int = 64, height: int = 48) -> PoseMeta:
@@ -142,7 +139,7 @@ def test_click_points_keep_confident_in_frame_points_in_official_order():
         13: (13.0, 48.0, 0.9),  # left ankle: y == height, outside the frame
         3: (20.0, 20.0, 1.0),  # elbow: not a click point
     })  # fmt: skip
-    np.testing.assert_array_equal(M.click_points(pose, 48, 64), [[10, 5], [11, 9], [12, 47]])
+    np.testing.assert_array_equal(P.click_points(pose, 48, 64), [[10, 5], [11, 9], [12, 47]])
 
 
 class FakeSegmenter:
@@ -238,7 +235,7 @@ def test_chunk_without_any_confident_point_borrows_from_its_neighbours():
 def test_a_chunk_whose_key_frames_are_unsure_is_prompted_on_its_first_confident_frame():
     poses = [PoseMeta.empty(64, 48)] * 9  # key frames 0, 2, 4, 6, 8
     poses[3] = standing_pose()
-    assert list(M.chunk_clicks(poses, 48, 64)) == [3]
+    assert list(P.chunk_clicks(poses, 48, 64)) == [3]
 
 
 def test_nearest_filled():
@@ -246,76 +243,8 @@ def test_nearest_filled():
     np.testing.assert_array_equal(M.nearest_filled(filled), [1, 1, 1, 4, 4, 4])
 
 
-def test_fill_small_holes_on_low_res_logits():
-    logits = np.full((8, 8), 2.0, np.float32)
-    logits[2:4, 2:4] = -1.0  # a 4-pixel hole: filled with 0.1
-    logits[:, 6:] = -3.0  # a 16-pixel background strip: kept
-    out = M.fill_small_holes(logits, 8)
-    expected = logits.copy()
-    expected[2:4, 2:4] = 0.1
-    np.testing.assert_array_equal(out, expected)
-    np.testing.assert_array_equal(M.fill_small_holes(logits, 0), logits)
-
-
-# ---------------------------------------------------------------------------------------------------
-# SAM2 weights
-
-
-def test_original_large_checkpoint_keys_map_exactly_onto_transformers():
-    original = json.loads((DATA / "sam2_hiera_large_keys.json").read_text())["keys"]
-    state = {key: torch.empty(shape, device="meta") for key, shape in original.items()}
-    assert M.detect_sam2_variant(state) == ("hiera_large", False)
-    converted = M.convert_original_sam2(state)
-    from transformers import Sam2VideoModel
-
-    with torch.device("meta"):
-        model = Sam2VideoModel(M.sam2_config("hiera_large"))
-    expected = {key: list(value.shape) for key, value in model.state_dict().items()}
-    assert {key: list(value.shape) for key, value in converted.items()} == expected
-    assert len(original) == 900 and len(expected) == 898  # 4 point embeddings -> 1 table, +1 shared copy
-
-
-def test_original_checkpoint_file_loads_into_the_segmenter(tmp_path):
-    original = json.loads((DATA / "sam2_hiera_tiny_keys.json").read_text())["keys"]
-    generator = torch.Generator().manual_seed(0)
-    state = {key: torch.randn(shape, generator=generator) for key, shape in original.items()}
-    folder = tmp_path / "process_checkpoint" / "sam2"
-    folder.mkdir(parents=True)
-    torch.save({"model": state}, folder / "sam2_hiera_large.pt")  # the release layout (a tiny model inside)
-    segmenter = M.load_sam2_video(tmp_path, "cpu")
-    loaded = segmenter.model.state_dict()
-    torch.testing.assert_close(loaded["vision_encoder.backbone.blocks.3.mlp.proj_in.weight"],
-                               state["image_encoder.trunk.blocks.3.mlp.layers.0.weight"])  # fmt: skip
-    torch.testing.assert_close(loaded["prompt_encoder.point_embed.weight"],
-                               torch.cat([state[f"sam_prompt_encoder.point_embeddings.{i}.weight"] for i in range(4)]))  # fmt: skip
-    torch.testing.assert_close(loaded["memory_encoder.mask_downsampler.final_conv.weight"],
-                               state["memory_encoder.mask_downsampler.encoder.12.weight"])  # fmt: skip
-    assert segmenter.model.config.enable_occlusion_spatial_embedding is False  # SAM 2.0
-
-
-def test_transformers_format_folder_loads_with_from_pretrained(tmp_path):
-    tiny = M.tiny_sam2_video()
-    tiny.model.save_pretrained(tmp_path)
-    loaded = M.load_sam2_video(tmp_path, "cpu")
-    torch.testing.assert_close(loaded.model.state_dict()["no_memory_embedding"],
-                               tiny.model.state_dict()["no_memory_embedding"])  # fmt: skip
-
-
 # ---------------------------------------------------------------------------------------------------
 # the tiny random SAM2 on real frames
-
-
-def test_sam2_pixels_equal_the_official_normalisation():
-    from PIL import Image
-
-    segmenter = M.tiny_sam2_video()
-    frame = np.random.default_rng(0).integers(0, 256, (72, 130, 3), dtype=np.uint8)
-    size = segmenter.image_size
-    resized = np.asarray(Image.fromarray(frame).convert("RGB").resize((size, size)), np.float32) / 255.0
-    official = ((resized - M.IMAGENET_MEAN) / M.IMAGENET_STD).transpose(2, 0, 1)  # bicubic, then in float32
-    got = segmenter._pixels(frame)
-    assert got.dtype == torch.float32 and got.is_contiguous()
-    np.testing.assert_array_equal(got.numpy(), official)
 
 
 def test_tiny_sam2_on_real_frames_gives_a_valid_mask_for_every_frame():
@@ -327,10 +256,10 @@ def test_tiny_sam2_on_real_frames_gives_a_valid_mask_for_every_frame():
     points = {0: (48, 22, 0.9), 1: (48, 30, 0.9), 2: (44, 31, 0.9), 5: (52, 31, 0.9), 8: (46, 52, 0.9),
               11: (50, 52, 0.9), 10: (46, 80, 0.9), 13: (51, 80, 0.9)}  # fmt: skip
     poses = [pose_with(points, 160, 96) for _ in frames]
-    segmenter = M.tiny_sam2_video()
+    segmenter = V.tiny_sam2_video()
     out = M.person_masks(frames, poses, segmenter, chunk_size=3)  # two chunks: 3 frames + 1
     assert out.shape == (4, 96, 160) and out.dtype == np.uint8
     assert set(np.unique(out)) <= {0, 1}
     assert out.reshape(4, -1).any(axis=1).all()  # random weights: the fallback guarantees a mask
-    low = segmenter.low_res_logits(frames[:3], {0: M.click_points(poses[0], 96, 160)})
+    low = segmenter.low_res_logits(frames[:3], {0: P.click_points(poses[0], 96, 160)})
     assert sorted(low) == [0, 1, 2] and low[0].shape == (32, 32)  # 128 px model: 32x32 logits

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_conditioning import tiny_conditioning
 from wan_animate.wan.parallel import DistributedEnv, clip_tokens
-from wan_animate.wan.testing import tiny_conditioning
 
 from local_runner import import_app_module
 

@@ -144,6 +144,40 @@ def test_modulate_heatmaps_equals_one_map_at_a_time():
         np.testing.assert_allclose(out[i, j], expected, rtol=1e-6, atol=0)
 
 
+def test_positive_peak_with_an_all_negative_blur_is_flipped_and_still_refined():
+    # Official DARK: the modulated map is blurred * (original max / blurred max). Here the peak is +0.5 but the
+    # blurred map is all negative, so the factor is negative: the map is flipped and the Newton step is taken on
+    # log(max(flipped, 1e-10)) at the original peak. (Without the flip the log is flat: no step at all.)
+    h, w = 64, 48
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    heatmap = -1.0 - 0.01 * xx - 0.02 * yy  # an uneven negative background
+    heatmap[30, 20], heatmap[30, 21], heatmap[31, 20] = 0.5, 0.2, 0.1  # asymmetric positive peak at (20, 30)
+    maps = heatmap[None, None].astype(np.float32)
+    border = (P.DARK_KERNEL - 1) // 2
+    padded = cv2.copyMakeBorder(maps[0, 0], border, border, border, border, cv2.BORDER_CONSTANT, value=0.0)
+    blurred = cv2.GaussianBlur(padded, (P.DARK_KERNEL, P.DARK_KERNEL), 0)[border:-border, border:-border]
+    assert blurred.max() < 0
+    flipped = blurred * (np.float32(0.5) / blurred.max())
+    np.testing.assert_allclose(P.modulate_heatmaps(maps)[0, 0], flipped, rtol=1e-6)
+
+    coords, maxvals = P.argmax_heatmaps(maps)
+    assert coords[0, 0].tolist() == [20, 30] and maxvals[0, 0] == pytest.approx(0.5)
+    log_map = np.log(np.maximum(flipped, 1e-10)).astype(np.float64)
+
+    def v(dy: int, dx: int) -> float:
+        return float(log_map[30 + dy, 20 + dx])
+
+    gradient = np.array([0.5 * (v(0, 1) - v(0, -1)), 0.5 * (v(1, 0) - v(-1, 0))])
+    dxx = 0.25 * (v(0, 2) - 2 * v(0, 0) + v(0, -2))
+    dyy = 0.25 * (v(2, 0) - 2 * v(0, 0) + v(-2, 0))
+    dxy = 0.25 * (v(1, 1) - v(-1, 1) - v(1, -1) + v(-1, -1))
+    hessian = np.array([[dxx, dxy], [dxy, dyy]])
+    expected = np.array([20.0, 30.0]) - np.linalg.solve(hessian, gradient)
+    refined = P.decode_heatmaps(maps, np.array([[24.0, 32.0]]), np.array([[48 / 200, 64 / 200]]))  # identity mapping
+    np.testing.assert_allclose(refined[0, 0, :2], expected, atol=1e-4)
+    assert np.abs(expected - [20, 30]).max() > 0.05  # the step really moves the point
+
+
 def test_decode_border_peak_and_empty_map():
     maps = _gaussian_maps([(1.3, 30.0), (20.0, 20.0)])
     maps[0, 1] = 0.0  # an empty map: argmax -1, score 0, no refinement

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 import types
 
+import cv2
 import numpy as np
 import pytest
 from conftest import fixture_path
@@ -72,7 +73,8 @@ def test_animation_shapes_and_sizes(animation):
     # the output size is the reference's, resized by area: 512x512 at 256*256 -> 256x256
     assert cond.pose_frames.shape == (15, 256, 256, 3) and cond.pose_frames.dtype == np.uint8
     assert cond.face_frames.shape == (15, 512, 512, 3) and cond.face_frames.dtype == np.uint8
-    expected_ref = vio.resize_by_area(vio.load_image(fixture_path(REFERENCE)), 256 * 256)
+    # the model's reference is the raw image letterboxed with INTER_LINEAR (official generate()), not resized by area
+    expected_ref = vio.letterbox(vio.load_image(fixture_path(REFERENCE)), 256, 256, cv2.INTER_LINEAR)
     np.testing.assert_array_equal(cond.reference, expected_ref)
     assert cond.background_frames is None and cond.mask_frames is None
     assert all(crop.std() > 5 for crop in cond.face_frames)  # picture content, not blank crops
@@ -117,6 +119,22 @@ def test_fps_resampling_and_pose_batches():
     cond = preprocess(fixture_path(VIDEO), fixture_path(REFERENCE), _options(fps=2), PreprocessModels(estimator))
     assert cond.num_frames == 6  # int(90 / 30 * 2)
     assert estimator.calls == [(6, 498, 884)]  # animation mode: poses on the frames at source resolution
+
+
+def test_animation_reference_is_the_raw_image_letterboxed_bilinear():
+    # Official generate() letterboxes the ORIGINAL reference (512x600) with INTER_LINEAR to the pose video's size.
+    # Area 256 * 256 at aspect 512 / 600 -> 224x272 (each side floored to 16). 600 / 512 < 272 / 224, so the
+    # width fills: new height int(224 / 512 * 600) = 262, top bar int((272 - 262) / 2) = 5 rows.
+    raw = vio.load_image(fixture_path("reference_grace_hopper.jpg"))
+    cond = preprocess(fixture_path(VIDEO), fixture_path("reference_grace_hopper.jpg"), _options(fps=2),
+                      PreprocessModels(ScriptedEstimator()))  # fmt: skip
+    expected = np.zeros((272, 224, 3), np.uint8)
+    expected[5:267] = cv2.resize(raw, (224, 262), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_array_equal(cond.reference, expected)
+    assert cond.pose_frames.shape[1:3] == (272, 224)
+    # the area-averaged copy (what pose estimation sees) is a different picture: the model no longer gets it
+    area_resized = vio.resize_by_area(raw, 256 * 256)
+    assert np.abs(area_resized.astype(int) - cond.reference).max() > 10
 
 
 def test_no_person_in_video():
@@ -172,6 +190,23 @@ def test_retarget_draws_at_reference_size(monkeypatch):
     assert (1, 256, 256) in estimator.calls  # the reference pose, on the resized reference
     # drawn straight at 256x256 (no letterbox): the neck at (138, 0.3 * 256 = 76.8)
     assert cond.pose_frames[0][76, 138].max() > 0
+
+
+def test_retargeted_skeletons_paint_the_right_hand_first(monkeypatch):
+    def retarget_poses(driving_first, reference, driving, driving_edit=None, reference_edit=None):
+        out = []
+        for _ in driving:  # hands crossing at (row 100, col 128) of the 256x256 reference space
+            pose = PoseMeta.empty(reference.width, reference.height)
+            pose.right_hand[0], pose.right_hand[1] = (108, 100, 0.9), (148, 100, 0.9)  # bone 0: red, horizontal
+            pose.left_hand[5], pose.left_hand[6] = (128, 80, 0.9), (128, 120, 0.9)  # bone 5: vertical
+            out.append(pose)
+        return out
+
+    _fake_module(monkeypatch, "retarget", retarget_poses=retarget_poses)
+    cond = preprocess(fixture_path(VIDEO), fixture_path(REFERENCE), _options(fps=2, retarget_flag=True),
+                      PreprocessModels(ScriptedEstimator()))  # fmt: skip
+    assert cond.pose_frames[0][100, 118].tolist() == [255, 0, 0]  # the right hand's bone
+    assert cond.pose_frames[0][100, 128].tolist() != [255, 0, 0]  # painted over by the left hand's bone
 
 
 def test_retarget_needs_a_person_in_the_reference(monkeypatch):

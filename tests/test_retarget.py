@@ -155,6 +155,50 @@ def test_upper_body_reference_aligns_necks_and_scales_by_nose_to_hip():
     np.testing.assert_allclose(out.body[rt.R_KNEE, :2], ref_xy[rt.R_HIP] + 2 * thigh * np.array([0, 50]), atol=1e-4)
 
 
+def test_reference_canvas_is_truncated_to_whole_pixels_before_bones_are_measured():
+    # Official rule: the reference is measured on its image resized to int(W * s) x int(H * s). Reference 2x the
+    # driving person in a 501x700 image: s = 0.5, so x scales by int(250.5) / 501 = 250 / 501 (not 0.5) and y by
+    # 350 / 700 = 0.5. Horizontal bones get ratio 2 * 250 / 501 = 500 / 501, vertical bones ratio 1.
+    drv = driving_pose()
+    ref = make_pose(2 * DRIVING_XY + SHIFT, 501, 700)
+    ref.body[[rt.L_TOE, rt.R_TOE], 2] = 0.0
+    out = rt.retarget_poses(drv, ref, [drv])[0].body[:, :2].astype(np.float64)
+    fx = 500 / 501  # x factor of the truncated canvas, in reference pixels (250 / 501 divided by s)
+    # neck -> shoulders are horizontal (20 px in the driving frame): span 2 * 20 * (500 / 501) / s
+    assert out[rt.L_SHOULDER, 0] - out[rt.R_SHOULDER, 0] == pytest.approx(80 * fx, abs=1e-4)
+    assert out[rt.L_SHOULDER, 1] == pytest.approx(out[rt.NECK, 1], abs=1e-4)
+    # knee -> ankle is vertical (50 px): ratio 1, (0, 100) in reference pixels
+    np.testing.assert_allclose(out[rt.R_ANKLE] - out[rt.R_KNEE], [0, 100], atol=1e-4)
+    # neck -> hip (-10, 80): ratio hypot(10 * fx, 80) / hypot(10, 80), the same on both sides
+    neck_hip = np.hypot(10 * fx, 80) / np.hypot(10, 80)
+    np.testing.assert_allclose(out[rt.R_HIP] - out[rt.NECK], neck_hip * np.array([-20, 160]), atol=1e-4)
+    # alignment on the truncated canvas: ground y 510 * 0.5 / s = 510; hip centre x 230 * (250 / 501) / s
+    assert max(out[rt.R_ANKLE, 1], out[rt.L_ANKLE, 1]) == pytest.approx(510, abs=1e-4)
+    assert (out[rt.R_HIP, 0] + out[rt.L_HIP, 0]) / 2 == pytest.approx(230 * fx, abs=1e-4)
+    # without the int() (a 500x700 image, exact) the same person lands on the reference: 80 px span, hips at 230
+    exact = rt.retarget_poses(drv, reference_pose(), [drv])[0].body[:, :2]
+    assert exact[rt.L_SHOULDER, 0] - exact[rt.R_SHOULDER, 0] == pytest.approx(80, abs=1e-4)
+    assert abs((out[rt.R_HIP, 0] + out[rt.L_HIP, 0]) / 2 - 230) > 0.4  # the int() moves the hips by 0.46 px
+
+
+def test_reference_in_driving_pixels_scales_each_axis_by_its_truncated_side():
+    ref = make_pose(2 * DRIVING_XY + SHIFT, 501, 703)
+    body = rt.reference_in_driving_pixels(ref, 0.37)  # int(185.37) = 185, int(260.11) = 260
+    np.testing.assert_allclose(body[:, 0], ref.body[:, 0] * 185 / 501)
+    np.testing.assert_allclose(body[:, 1], ref.body[:, 1] * 260 / 703)
+    np.testing.assert_array_equal(body[:, 2], ref.body[:, 2])
+
+
+def test_flux_reference_edit_is_measured_on_its_truncated_canvas():
+    # The edited reference (2x, 501x700) gives horizontal bones 500 / 501 and vertical bones 1, as the plain path.
+    drv, ref = driving_pose(), reference_pose()
+    ref_edit = make_pose(2 * DRIVING_XY + SHIFT, 501, 700)
+    ref_edit.body[[rt.L_TOE, rt.R_TOE], 2] = 0.0
+    out = rt.retarget_poses(drv, ref, [drv], driving_pose(), ref_edit)[0].body[:, :2]
+    assert out[rt.L_SHOULDER, 0] - out[rt.R_SHOULDER, 0] == pytest.approx(80 * 500 / 501, abs=1e-4)
+    np.testing.assert_allclose(out[rt.R_ANKLE] - out[rt.R_KNEE], [0, 100], atol=1e-4)
+
+
 def test_body_scale_rules():
     drv, ref = driving_pose(), reference_pose()
     assert rt.body_scale(drv, ref) == (0.5, False)  # nose-ankle 210 vs 420
@@ -230,7 +274,33 @@ def test_hand_nearer_the_other_wrist_is_swapped():
     frame.right_hand[:, :2] = DRIVING_XY[rt.L_WRIST] + [1.0, 2.0]  # the "right" hand sits at the left wrist
     frame.right_hand[:, 2] = 0.9
     out = rt.retarget_poses(drv, ref, [frame])[0]
-    np.testing.assert_array_equal(out.right_hand[:, :2], np.broadcast_to(2 * DRIVING_XY[rt.L_WRIST] + SHIFT, (21, 2)))
+    # labelled by the wrist it is attached to: the hand on the left wrist is the output's left hand
+    np.testing.assert_array_equal(out.left_hand[:, :2], np.broadcast_to(2 * DRIVING_XY[rt.L_WRIST] + SHIFT, (21, 2)))
+    np.testing.assert_allclose(out.left_hand[:, 2], 0.9)
+    assert (out.right_hand[:, 2] == 0).all()
+
+
+def test_overlapping_retargeted_hands_are_painted_in_the_official_order():
+    # Official: the retargeted hand on the right wrist is stored under the "left" label, so it is drawn
+    # first and the hand on the left wrist is painted over it where they cross.
+    from wan_animate.preprocess.skeleton import render_pose
+
+    drv, ref = driving_pose(), reference_pose()
+    frame = driving_pose()
+    frame.right_hand[0] = (*DRIVING_XY[rt.R_WRIST], 0.9)  # root (65, 130), bone 0 horizontal to (105, 130)
+    frame.right_hand[1] = (105, 130, 0.9)
+    frame.left_hand[0] = (*DRIVING_XY[rt.L_WRIST], 0.9)  # root (135, 130); bone 5 vertical at x = 95
+    frame.left_hand[5], frame.left_hand[6] = (95, 120, 0.9), (95, 140, 0.9)
+    out = rt.retarget_poses(drv, ref, [frame])[0]
+    np.testing.assert_array_equal(out.right_hand[0, :2], 2 * DRIVING_XY[rt.R_WRIST] + SHIFT)
+    np.testing.assert_array_equal(out.left_hand[0, :2], 2 * DRIVING_XY[rt.L_WRIST] + SHIFT)
+    crossing = (2 * 130 + 10, 2 * 95 + 30)  # (row, col) where the two bones cross in the 500x700 image
+    only_left, only_right = out.copy(), out.copy()
+    only_left.right_hand[:, 2] = 0
+    only_right.left_hand[:, 2] = 0
+    left_colour = render_pose(only_left)[crossing].tolist()
+    assert left_colour != render_pose(only_right)[crossing].tolist()
+    assert render_pose(out, right_hand_first=True)[crossing].tolist() == left_colour
 
 
 def test_face_moves_with_the_nose():

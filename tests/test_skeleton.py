@@ -70,6 +70,22 @@ def test_hands_drawn_and_face_not():
     assert S.render_pose(meta).max() == 0
 
 
+def _crossing_hands() -> PoseMeta:
+    """Left hand bone 0 (red) vertical through (300, 320); right hand bone 4 (hue 0.2) horizontal through it."""
+    meta = _pose({})
+    meta.left_hand[0], meta.left_hand[1] = (300, 300, 0.9), (300, 340, 0.9)
+    meta.right_hand[0], meta.right_hand[5] = (280, 320, 0.9), (320, 320, 0.9)
+    return meta
+
+
+def test_overlapping_hands_paint_order():
+    red, hue_02 = [255, 0, 0], [204, 255, 0]  # bone 0, bone 4: hsv(0.2, 1, 1) * 255
+    assert S.render_pose(_crossing_hands())[320, 300].tolist() == hue_02  # default: right hand on top
+    flipped = S.render_pose(_crossing_hands(), right_hand_first=True)
+    assert flipped[320, 300].tolist() == red  # right hand first: the left hand is painted over it
+    assert flipped[320, 290].tolist() == hue_02 and flipped[310, 300].tolist() == red  # both still drawn
+
+
 def test_limbs_then_joints_order_and_canvas_in_place():
     canvas = np.zeros((720, 1280, 3), np.uint8)
     out = S.draw_pose(canvas, _pose({NOSE: (50, 50, 1.0), NECK: (50, 150, 1.0)}))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tiny_conditioning import tiny_conditioning
 from wan_animate.wan import GenerationOptions, build_tiny_models, generate, generate_clips
 from wan_animate.wan.color import channel_stats, match_colors
-from wan_animate.wan.testing import tiny_conditioning
 
 
 def _scene(frames: int, seed: int = 0) -> torch.Tensor:

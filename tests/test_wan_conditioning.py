@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_conditioning import tiny_conditioning
 from wan_animate.wan import build_tiny_models
 from wan_animate.wan.conditioning import (
     clean_prompt,
@@ -17,7 +18,6 @@ from wan_animate.wan.conditioning import (
     reference_condition,
     vae_encode,
 )
-from wan_animate.wan.testing import tiny_conditioning
 
 CPU = torch.device("cpu")
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from release_checkpoints import write_lightx2v_lora, write_relighting_checkpoint, write_user_lora
 from safetensors.torch import load_file, save_file
+from tiny_conditioning import tiny_conditioning
 from wan_animate.wan import GenerationOptions, build_tiny_models, generate_clips, speed
 from wan_animate.wan.distill import (
     DISTILL_ADAPTER,
@@ -19,15 +21,7 @@ from wan_animate.wan.distill import (
 from wan_animate.wan.lora import load_relighting_lora, request_adapters
 from wan_animate.wan.models import convert_original_state_dict
 from wan_animate.wan.offload import place_models
-from wan_animate.wan.testing import (
-    lightx2v_lora_shapes,
-    lightx2v_lora_tensors,
-    tiny_conditioning,
-    to_original_layout,
-    write_lightx2v_lora,
-    write_relighting_checkpoint,
-    write_user_lora,
-)
+from wan_animate.wan.smoke import lightx2v_lora_shapes, lightx2v_lora_tensors, to_original_layout
 
 # wan2.1_i2v_lora_rank64_lightx2v_4step.safetensors in lightx2v/Wan2.1-Distill-Loras at commit 27ae38da9101..., as
 # recorded (size and SHA-256) by a third-party adapter manifest (github.com/sawfwair/mere-run). That reader also checks

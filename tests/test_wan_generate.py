@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_conditioning import tiny_conditioning
 from wan_animate.wan import Cancelled, GenerationOptions, build_tiny_models, generate, generate_clips
 from wan_animate.wan.conditioning import clip_embedding, encode_prompt
 from wan_animate.wan.generate import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT, to_uint8
 from wan_animate.wan.schedulers import make_scheduler
-from wan_animate.wan.testing import tiny_conditioning
 
 STEPS = 3
 

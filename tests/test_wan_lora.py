@@ -6,6 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from release_checkpoints import (
+    block_linears,
+    lora_target_names,
+    lora_tensors,
+    write_relighting_checkpoint,
+    write_user_lora,
+)
+from tiny_conditioning import tiny_conditioning
 from wan_animate.wan import GenerationOptions, build_tiny_models, generate_clips
 from wan_animate.wan.lora import (
     RELIGHTING_ADAPTER,
@@ -14,14 +22,6 @@ from wan_animate.wan.lora import (
     original_peft_keys,
     request_adapters,
     set_active_adapters,
-)
-from wan_animate.wan.testing import (
-    block_linears,
-    lora_target_names,
-    lora_tensors,
-    tiny_conditioning,
-    write_relighting_checkpoint,
-    write_user_lora,
 )
 
 OPTIONS = dict(clip_len=9, refert_num=1, sampling_steps=2, seed=5, color_match=False)

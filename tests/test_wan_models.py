@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from release_checkpoints import original_config, write_original_checkpoint
 from wan_animate.wan.models import (
     ANIMATE_14B_DIFFUSERS_CONFIG,
     ModelPaths,
@@ -16,7 +17,7 @@ from wan_animate.wan.models import (
     load_transformer,
     tiny_transformer_config,
 )
-from wan_animate.wan.testing import original_config, to_original_layout, write_original_checkpoint
+from wan_animate.wan.smoke import to_original_layout
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +133,8 @@ def test_14b_config_is_rebuilt_from_the_release_config() -> None:
 
 def test_load_models_from_local_files(tmp_path: Path) -> None:
     """The full loader on a Diffusers-like snapshot + an original-layout transformer + relighting LoRA, on CPU."""
+    from release_checkpoints import write_relighting_checkpoint
     from wan_animate.wan.lora import RELIGHTING_ADAPTER
-    from wan_animate.wan.testing import write_relighting_checkpoint
 
     tiny = build_tiny_models(seed=3, motion_encoder_size=512)  # the release layout (diffusers maps convs.8 only)
     root = tmp_path / "Wan2.2-Animate-14B-Diffusers"

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 from test_wan_speed import tiny_inputs, tiny_model
+from tiny_conditioning import tiny_conditioning
 from wan_animate.wan import GenerationOptions, build_tiny_models, generate, motion_cache, speed
-from wan_animate.wan.testing import tiny_conditioning
 
 
 def count_calls(module: torch.nn.Module) -> list[int]:

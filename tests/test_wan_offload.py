@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from release_checkpoints import write_user_lora
+from tiny_conditioning import tiny_conditioning
 from wan_animate.wan import GenerationOptions, build_tiny_models, generate_clips
 from wan_animate.wan.offload import offload_session, place_models, resolve_offload, transformer_is_offloaded
-from wan_animate.wan.testing import tiny_conditioning, write_user_lora
 
 OPTIONS = dict(clip_len=9, refert_num=1, sampling_steps=2, seed=4, color_match=False)
 

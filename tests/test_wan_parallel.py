@@ -179,7 +179,7 @@ def test_odd_token_grids_lose_the_fewest_pixels():
 
 
 def test_center_crop_keeps_the_middle_of_every_spatial_input():
-    from wan_animate.wan.testing import tiny_conditioning  # imports preprocess/ (not on the GPU test machines)
+    from tiny_conditioning import tiny_conditioning  # imports preprocess/ (not on the GPU test machines)
 
     cond = tiny_conditioning(3, height=48, width=64, mode="replacement", seed=2)
     cropped = parallel.center_crop_conditioning(cond, 32, 64)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 from test_wan_speed import rel_l2, tiny_inputs, tiny_model
+from tiny_conditioning import tiny_conditioning
 from wan_animate.wan import GenerationOptions, build_tiny_models, generate, speed
 from wan_animate.wan.step_cache import StepCache, StepCacheOptions, installed, relative_change
-from wan_animate.wan.testing import tiny_conditioning
 
 
 def cached_forward(model, inputs, cache: StepCache, step: int, branch: str = "cond") -> torch.Tensor:

@@ -1,0 +1,86 @@
+"""SAM2: the original checkpoint's keys converted onto transformers (against the real key layout), loading the
+release file and transformers folders, the segmenter's pixels and hole filling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from wan_animate.preprocess import sam2_checkpoint as C
+from wan_animate.preprocess import sam2_video as V
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_fill_small_holes_on_low_res_logits():
+    logits = np.full((8, 8), 2.0, np.float32)
+    logits[2:4, 2:4] = -1.0  # a 4-pixel hole: filled with 0.1
+    logits[:, 6:] = -3.0  # a 16-pixel background strip: kept
+    out = V.fill_small_holes(logits, 8)
+    expected = logits.copy()
+    expected[2:4, 2:4] = 0.1
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(V.fill_small_holes(logits, 0), logits)
+
+
+# ---------------------------------------------------------------------------------------------------
+# SAM2 weights
+
+
+def test_original_large_checkpoint_keys_map_exactly_onto_transformers():
+    original = json.loads((DATA / "sam2_hiera_large_keys.json").read_text())["keys"]
+    state = {key: torch.empty(shape, device="meta") for key, shape in original.items()}
+    assert C.detect_sam2_variant(state) == ("hiera_large", False)
+    converted = C.convert_original_sam2(state)
+    from transformers import Sam2VideoModel
+
+    with torch.device("meta"):
+        model = Sam2VideoModel(C.sam2_config("hiera_large"))
+    expected = {key: list(value.shape) for key, value in model.state_dict().items()}
+    assert {key: list(value.shape) for key, value in converted.items()} == expected
+    assert len(original) == 900 and len(expected) == 898  # 4 point embeddings -> 1 table, +1 shared copy
+
+
+def test_original_checkpoint_file_loads_into_the_segmenter(tmp_path):
+    original = json.loads((DATA / "sam2_hiera_tiny_keys.json").read_text())["keys"]
+    generator = torch.Generator().manual_seed(0)
+    state = {key: torch.randn(shape, generator=generator) for key, shape in original.items()}
+    folder = tmp_path / "process_checkpoint" / "sam2"
+    folder.mkdir(parents=True)
+    torch.save({"model": state}, folder / "sam2_hiera_large.pt")  # the release layout (a tiny model inside)
+    segmenter = V.load_sam2_video(tmp_path, "cpu")
+    loaded = segmenter.model.state_dict()
+    torch.testing.assert_close(loaded["vision_encoder.backbone.blocks.3.mlp.proj_in.weight"],
+                               state["image_encoder.trunk.blocks.3.mlp.layers.0.weight"])  # fmt: skip
+    torch.testing.assert_close(loaded["prompt_encoder.point_embed.weight"],
+                               torch.cat([state[f"sam_prompt_encoder.point_embeddings.{i}.weight"] for i in range(4)]))  # fmt: skip
+    torch.testing.assert_close(loaded["memory_encoder.mask_downsampler.final_conv.weight"],
+                               state["memory_encoder.mask_downsampler.encoder.12.weight"])  # fmt: skip
+    assert segmenter.model.config.enable_occlusion_spatial_embedding is False  # SAM 2.0
+
+
+def test_transformers_format_folder_loads_with_from_pretrained(tmp_path):
+    tiny = V.tiny_sam2_video()
+    tiny.model.save_pretrained(tmp_path)
+    loaded = V.load_sam2_video(tmp_path, "cpu")
+    torch.testing.assert_close(loaded.model.state_dict()["no_memory_embedding"],
+                               tiny.model.state_dict()["no_memory_embedding"])  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------
+# the segmenter's input
+
+
+def test_sam2_pixels_equal_the_official_normalisation():
+    from PIL import Image
+
+    segmenter = V.tiny_sam2_video()
+    frame = np.random.default_rng(0).integers(0, 256, (72, 130, 3), dtype=np.uint8)
+    size = segmenter.image_size
+    resized = np.asarray(Image.fromarray(frame).convert("RGB").resize((size, size)), np.float32) / 255.0
+    official = ((resized - V.IMAGENET_MEAN) / V.IMAGENET_STD).transpose(2, 0, 1)  # bicubic, then in float32
+    got = segmenter._pixels(frame)
+    assert got.dtype == torch.float32 and got.is_contiguous()
+    np.testing.assert_array_equal(got.numpy(), official)

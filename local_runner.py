@@ -258,9 +258,6 @@ def main(argv: list[str] | None = None) -> int:
         kill_descendants()
         print(_exit_line(stop.signum), file=sys.stderr, flush=True)
         return EXIT_CODES[stop.signum]
-    except errors.Cancelled as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 130
     except errors.InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -117,7 +117,8 @@ def test_temporary_files_are_removed_on_success_and_on_failure(smoke_app: object
     assert run_dirs() == before
 
 
-def synthetic_preprocess(driving: Path, reference: Path, options: object, models: object) -> object:
+def synthetic_preprocess(driving: Path, reference: Path, options: object, models: object, should_cancel: object = None
+                         ) -> object:  # fmt: skip
     """Stand-in for preprocessing (the GPU machine lacks the smoke pose model): mid-grey frames of the asked size."""
     import numpy as np
 

@@ -176,6 +176,8 @@ def _driving_pass(path: Path, indices: list[int], models: PreprocessModels, resi
     kept: np.ndarray | None = None
     edit_frame: np.ndarray | None = None
     frame_hw = (0, 0)
+    log.info("preprocess: poses and faces for %d frames started (chunks of %d)", total, POSE_CHUNK)
+    began = time.perf_counter()
     for start, frames in _chunks(path, indices):
         check_cancel(should_cancel, f"during pose estimation (frame {start} of {total})")
         if resize_area is not None:
@@ -196,7 +198,8 @@ def _driving_pass(path: Path, indices: list[int], models: PreprocessModels, resi
             edit_frame = frames[edit_index - start].copy()
         done = start + len(frames)
         if done == total or (start // POSE_CHUNK) % 8 == 7:  # progress every 256 frames
-            log.info("preprocess: poses and faces for %d of %d frames", done, total)
+            eta = (time.perf_counter() - began) / done * (total - done)
+            log.info("preprocess: poses and faces for %d of %d frames (about %.0f s left)", done, total, eta)
     poses = fill_invalid_bodies(poses)
     _require_person(poses)
     fill_missing_faces(faces, has_face, log)

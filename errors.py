@@ -1,6 +1,8 @@
-"""The one exception type for problems a user can fix by changing their input."""
+"""The exception types a request ends with short of a result: a problem the user can fix in the input, a cancel."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 
 class InputError(ValueError):
@@ -15,3 +17,15 @@ class InputError(ValueError):
         self.field = field
         self.message = message
         super().__init__(f"[{code}] {field}: {message}")
+
+
+class Cancelled(Exception):
+    """The request was cancelled (the platform's cancel_requested / on_cancel): raised at the next check point
+    (a denoising step, a pose or SAM2 chunk, a VAE-decoded frame, the audio mux) so the worker stays loaded for the
+    next request."""
+
+
+def check_cancel(should_cancel: Callable[[], bool] | None, where: str) -> None:
+    """Raise Cancelled("cancelled <where>") when `should_cancel` (None: never) says the request was cancelled."""
+    if should_cancel is not None and should_cancel():
+        raise Cancelled(f"cancelled {where}")

@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -379,7 +380,9 @@ def setup_from_env(setup: AppSetup, environ: Mapping[str, str]) -> AppSetup:
 class App(BaseApp):
     async def setup(self, config: AppSetup | dict[str, Any] | None = None, metadata: Any = None) -> None:
         """Load (or build, for the smoke preset) every model once per worker."""
-        from .runtime import load_runtime
+        from .runtime import configure_logging, load_runtime
+
+        configure_logging()  # INFO lines (stage starts, step progress) into the hosted task log
 
         if config is None:
             setup = AppSetup()
@@ -394,8 +397,28 @@ class App(BaseApp):
         logger.info("setup done in %.1f s (preset=%s)", time.perf_counter() - start, setup.preset)
 
     def _cancel_requested(self) -> bool:
+        """The platform sets context.cancel_requested from another thread (seen even while run blocks the event
+        loop); on_cancel sets the event when the loop gets to run it."""
         context = getattr(self, "context", None)
-        return bool(getattr(context, "cancel_requested", False))
+        event = getattr(self, "_cancel_event", None)
+        return bool(getattr(context, "cancel_requested", False)) or (event is not None and event.is_set())
+
+    async def on_cancel(self) -> bool:
+        """The platform's cancel hook: the running request stops at its next check (a denoising step, a pose or SAM2
+        chunk, a VAE-decoded frame, the mux) with errors.Cancelled; the worker stays loaded. True: signal received."""
+        logger.info("cancel requested")
+        if getattr(self, "_cancel_event", None) is None:
+            self._cancel_event = threading.Event()
+        self._cancel_event.set()
+        return True
+
+    def _discard_last_output(self) -> None:
+        """Remove the previous request's output folder: the platform has uploaded it by the time the next request
+        (or unload) comes, and a long-running worker must not fill its disk with one folder per request."""
+        last = getattr(self, "_last_out_dir", None)
+        if last is not None:
+            shutil.rmtree(last, ignore_errors=True)
+        self._last_out_dir = None
 
     async def run(self, input_data: AppInput, metadata: Any = None) -> AppOutput:
         """One request -> its video: the platform's entry point, in a single process."""
@@ -405,13 +428,17 @@ class App(BaseApp):
         return output
 
     async def run_rank(self, input_data: AppInput, metadata: Any = None) -> AppOutput | None:
-        """validate -> preprocess -> generate -> MP4, all temporary files in one folder removed at the end.
+        """validate -> preprocess -> generate -> MP4, all temporary files in one folder removed at the end; the
+        output folder stays until the next request or unload (the platform uploads it in between). A cancel raises
+        errors.Cancelled.
 
         Under torchrun (context parallel) every process runs this in step; rank 0 returns the output, the other
         ranks None.
         """
         from .runtime import run_job
 
+        self._discard_last_output()
+        self._cancel_event = threading.Event()  # a cancel of an earlier request must not stop this one
         driving = _check_file(input_data.driving_video, "driving_video")
         reference = _check_file(input_data.reference_image, "reference_image")
         if input_data.use_flux and self.runtime.preprocess_models.flux is None:  # before decoding anything
@@ -436,6 +463,7 @@ class App(BaseApp):
 
             seed = broadcast_value(seed)
         out_dir = Path(tempfile.mkdtemp(prefix="wan-animate-out-"))
+        self._last_out_dir = out_dir
         work_dir = Path(tempfile.mkdtemp(prefix="wan-animate-run-"))
         try:
             result = run_job(
@@ -484,6 +512,7 @@ class App(BaseApp):
         )
 
     async def unload(self) -> None:
+        self._discard_last_output()
         runtime = getattr(self, "runtime", None)
         if runtime is not None:
             runtime.close()

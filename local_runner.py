@@ -19,7 +19,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,14 +115,95 @@ async def run_app(inputs: dict[str, Any], setup: dict[str, Any], out_dir: Path) 
     await app.setup(inference.AppSetup(**setup))
     try:
         output = await app.run_rank(app_input)  # run() on one process; run_rank() also on the other torchrun ranks
+        if output is None:  # a torchrun rank other than 0
+            return None
+        out_dir.mkdir(parents=True, exist_ok=True)
+        result = _collect_files(output.model_dump(mode="json"), out_dir)  # before unload removes the app's copy
+        (out_dir / "output.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+        return result
     finally:
         await app.unload()
-    if output is None:  # a torchrun rank other than 0
-        return None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = _collect_files(output.model_dump(mode="json"), out_dir)
-    (out_dir / "output.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
-    return result
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived: raised in the main thread by the signal handler, so every `finally` on the way out
+    runs (temp folders removed, ffmpeg writers killed). A BaseException, so no `except Exception` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal number, as shells report them
+HARD_STOP_S = 20.0  # after the first signal, how long the clean unwinding may take before the process is ended
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (children, grandchildren...), read from /proc (Linux; empty elsewhere)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z":  # zombies are dead already
+            parents[int(entry.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found.extend(children)
+        frontier = children
+    return found
+
+
+def kill_descendants() -> None:
+    """SIGKILL whatever child processes are left (ffmpeg, compile workers), so none outlives the run."""
+    for child in _descendants(os.getpid()):
+        try:
+            os.kill(child, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def _exit_line(signum: int) -> str:
+    return f"error: interrupted by {signal.Signals(signum).name}; the run was stopped and its temporary files removed"
+
+
+class SignalStop:
+    """While active, SIGINT and SIGTERM stop the run at once (not when it ends): the first one raises Interrupted in
+    the main thread; later ones are ignored while the run unwinds, which a watchdog bounds to HARD_STOP_S seconds.
+
+    Installed before asyncio.run, which then keeps its hands off SIGINT (its own handler only cancels the main task,
+    which a run busy in synchronous code never notices: the 'single Ctrl-C ignored' bug).
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalStop:
+        for signum in EXIT_CODES:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():  # interrupted: stay deaf to signals until the process exits
+            signal.signal(signum, handler if self.signum is None else signal.SIG_IGN)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            return
+        self.signum = signum
+        threading.Thread(target=self._hard_stop, args=(signum,), daemon=True).start()
+        raise Interrupted(signum)
+
+    @staticmethod
+    def _hard_stop(signum: int) -> None:
+        """Last resort when unwinding hangs (a C call that does not return): kill the children and leave."""
+        threading.Event().wait(HARD_STOP_S)
+        kill_descendants()
+        print(_exit_line(signum).replace("temporary files removed", "process ended"), file=sys.stderr, flush=True)
+        os._exit(EXIT_CODES[signum])
 
 
 def _format_validation_error(error: pydantic.ValidationError) -> str:
@@ -165,7 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     import pydantic
 
     try:
-        result = asyncio.run(run_app(inputs, setup, args.output_dir))
+        with SignalStop():
+            result = asyncio.run(run_app(inputs, setup, args.output_dir))
+    except Interrupted as stop:
+        kill_descendants()
+        print(_exit_line(stop.signum), file=sys.stderr, flush=True)
+        return EXIT_CODES[stop.signum]
     except errors.InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,13 +18,38 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, check_cancel
 from .limits import LIMITS
 
 if TYPE_CHECKING:
     from .inference import AppInput, AppSetup
 
-logger = logging.getLogger("wan_animate")
+APP_LOGGER = "wan_animate"  # the app's loggers: "wan_animate" and its children ("wan_animate.preprocess", ...)
+logger = logging.getLogger(APP_LOGGER)
+
+
+def _root_has_no_handlers(record: logging.LogRecord) -> bool:
+    return not logging.getLogger().handlers
+
+
+def configure_logging() -> logging.Logger:
+    """Make the app's INFO lines reach stdout, which the hosted task log records (Python's default shows WARNING+).
+
+    Only when the root logger has no handler: a runner that configured logging itself (local_runner's basicConfig)
+    keeps its format and levels. The handler also stays silent if the root logger gains a handler later, so no line
+    is written twice. Idempotent (setup may run more than once per process)."""
+    app_logger = logging.getLogger(APP_LOGGER)
+    if logging.getLogger().handlers or any(getattr(h, "wan_animate_stdout", False) for h in app_logger.handlers):
+        return app_logger
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    handler.addFilter(_root_has_no_handlers)
+    handler.wan_animate_stdout = True  # type: ignore[attr-defined]
+    app_logger.addHandler(handler)
+    if app_logger.level == logging.NOTSET:
+        app_logger.setLevel(logging.INFO)
+    return app_logger
+
 
 
 @dataclass
@@ -274,6 +300,10 @@ def warm_up_adapter_sets(
             if budget is not None:
                 adapters = request_adapter_names(wan_models, relight, distill is not None)
                 budget.admit(forward_signature(height, width, clip_len, adapters))
+            last = f"; about {timings[-1][2]:.0f} s, as the last graph" if timings else ""
+            logger.info("compile warm-up (relighting %s, distillation %s): started (%dx%d, %d frames%s)",
+                        "on" if relight else "off", "on" if distill else "off", width, height, clip_len,
+                        last)  # fmt: skip
             with request_adapters(wan_models.transformer, wan_models.relighting_adapter, relight, [], distill):
                 seconds = warmup(wan_models.transformer, inputs)
             timings.append((relight, distill is not None, seconds))
@@ -344,14 +374,33 @@ def _user_loras(inp: AppInput) -> list[tuple[Path, float]]:
     return loras
 
 
+def _interval(seconds: float) -> str:
+    """tqdm's time format: mm:ss, or h:mm:ss from an hour on."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:d}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def progress_line(done: int, total: int, elapsed: float, width: int = 20) -> str:
+    """tqdm's meter, ` 45%|█████████           | 9/20 [00:12<00:14, 1.33s/step]`: hosted clients parse `NN%|...| n/N`
+    from the task log into a progress value. The ETA is the mean step time so far times the steps left."""
+    fraction = done / total if total else 1.0
+    filled = int(width * fraction)
+    per_step = elapsed / done if done else 0.0
+    remaining = per_step * (total - done)
+    return (f"{100 * fraction:3.0f}%|{'█' * filled}{' ' * (width - filled)}| {done}/{total} "
+            f"[{_interval(elapsed)}<{_interval(remaining)}, {per_step:.2f}s/step]")  # fmt: skip
+
+
 def _progress_logger(start: float) -> Callable[[int, int, int, int], None]:
+    """on_step for wan.generate: one line per denoising step, `generate: clip 1/2 step 3/4 ( 38%|...| 3/8 [..])`,
+    the meter counting all clips' steps together."""
+
     def on_step(segment: int, num_segments: int, step: int, num_steps: int) -> None:
         done = segment * num_steps + step + 1
         total = num_segments * num_steps
-        logger.info(
-            "generate: clip %d/%d step %d/%d (%.0f%%, %.1f s)",
-            segment + 1, num_segments, step + 1, num_steps, 100 * done / total, time.perf_counter() - start,
-        )  # fmt: skip
+        meter = progress_line(done, total, time.perf_counter() - start)
+        logger.info("generate: clip %d/%d step %d/%d (%s)", segment + 1, num_segments, step + 1, num_steps, meter)
 
     return on_step
 
@@ -501,9 +550,11 @@ def run_job(
     ignore_request_offload(runtime, inp)
     out_of_memory = False
     video_path: Path | None = None
+    check_cancel(should_cancel, "before preprocessing")
+    logger.info("preprocess: started (%s, %s)", inp.mode, driving.name)
     try:
         with models_for_request(runtime.preprocess_models, runtime.weight_paths, runtime.device) as models:
-            cond = preprocess(driving, reference, preprocess_options(inp), models)
+            cond = preprocess(driving, reference, preprocess_options(inp), models, should_cancel=should_cancel)
         if cond.num_frames > LIMITS.max_output_frames:
             raise InputError(
                 "too_many_frames",
@@ -519,6 +570,7 @@ def run_job(
             cond.num_frames, cond.fps, cond.width, cond.height, timings["preprocess"],
         )  # fmt: skip
 
+        check_cancel(should_cancel, "after preprocessing")
         gen_start = time.perf_counter()
         clips = generate(
             runtime.wan_models,
@@ -539,6 +591,7 @@ def run_job(
                     audio_duration=cond.num_frames / cond.fps,
                     work_dir=work_dir,
                     crf=inp.video_crf(),
+                    should_cancel=should_cancel,
                 )
             else:
                 _drain(clips, written)

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+from collections.abc import Callable
 
 import cv2
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, check_cancel
 from .frame_threads import map_frames
 from .mask_prompts import CLICK_MIN_SCORE, chunk_clicks
 from .pose_meta import PoseMeta
@@ -77,8 +79,11 @@ def _ranges(indices: np.ndarray) -> str:
 
 
 def person_masks(frames: np.ndarray, poses: list[PoseMeta], segmenter: VideoSegmenter,
-                 chunk_size: int = OFFICIAL_CHUNK, log: logging.Logger = logger) -> np.ndarray:  # fmt: skip
+                 chunk_size: int = OFFICIAL_CHUNK, log: logging.Logger = logger,
+                 should_cancel: Callable[[], bool] | None = None) -> np.ndarray:  # fmt: skip
     """(T, H, W) uint8 {0, 1} masks of the driving person, SAM2 in chunks as official.
+
+    should_cancel() is asked before each chunk (True raises errors.Cancelled): a chunk of 400 frames takes minutes.
 
     Frames where SAM2 finds nothing take the nearest frame's SAM2 mask; if SAM2 found nothing anywhere,
     a box from each frame's pose (detector box, else confident keypoints), spread to frames without one.
@@ -88,7 +93,13 @@ def person_masks(frames: np.ndarray, poses: list[PoseMeta], segmenter: VideoSegm
     if len(poses) != count:
         raise ValueError(f"{len(poses)} poses for {count} frames")
     masks = np.zeros((count, height, width), np.uint8)
-    for start in range(0, count, chunk_size):
+    chunks = math.ceil(count / chunk_size)
+    began = time.perf_counter()
+    for index, start in enumerate(range(0, count, chunk_size)):
+        check_cancel(should_cancel, f"during the person masks (SAM2 chunk {index + 1}/{chunks})")
+        eta = (time.perf_counter() - began) / index * (chunks - index) if index else None
+        log.info("masks: SAM2 chunk %d/%d (frames %d-%d) started%s", index + 1, chunks, start,
+                 min(start + chunk_size, count) - 1, f", about {eta:.0f} s left" if eta is not None else "")  # fmt: skip
         chunk_poses = poses[start : start + chunk_size]
         clicks = chunk_clicks(chunk_poses, height, width)
         if not clicks:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,7 +32,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, check_cancel
 from ..limits import LIMITS
 from .conditioning import Conditioning, PreprocessOptions
 from .face import FACE_SIZE, crop_face, face_box, fill_missing_faces
@@ -169,8 +169,10 @@ def _chunks(path: Path, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
 
 
 def _driving_pass(path: Path, indices: list[int], models: PreprocessModels, resize_area: int | None,
-                  keep_edit_frame: bool, log: logging.Logger) -> _DrivingPass:  # fmt: skip
-    """Decode, (replacement: resize and keep), estimate poses and crop faces, one chunk at a time."""
+                  keep_edit_frame: bool, log: logging.Logger,
+                  should_cancel: Callable[[], bool] | None = None) -> _DrivingPass:  # fmt: skip
+    """Decode, (replacement: resize and keep), estimate poses and crop faces, one chunk at a time (a cancel is
+    checked before each chunk)."""
     total = len(indices)
     poses: list[PoseMeta] = []
     faces = np.zeros((total, FACE_SIZE, FACE_SIZE, 3), np.uint8)
@@ -178,7 +180,10 @@ def _driving_pass(path: Path, indices: list[int], models: PreprocessModels, resi
     kept: np.ndarray | None = None
     edit_frame: np.ndarray | None = None
     frame_hw = (0, 0)
+    log.info("preprocess: poses and faces for %d frames started (chunks of %d)", total, POSE_CHUNK)
+    began = time.perf_counter()
     for start, frames in _chunks(path, indices):
+        check_cancel(should_cancel, f"during pose estimation (frame {start} of {total})")
         if resize_area is not None:
             frames = np.stack([resize_by_area(f, resize_area) for f in frames])
             if kept is None:
@@ -197,7 +202,8 @@ def _driving_pass(path: Path, indices: list[int], models: PreprocessModels, resi
             edit_frame = frames[edit_index - start].copy()
         done = start + len(frames)
         if done == total or (start // POSE_CHUNK) % 8 == 7:  # progress every 256 frames
-            log.info("preprocess: poses and faces for %d of %d frames", done, total)
+            eta = (time.perf_counter() - began) / done * (total - done)
+            log.info("preprocess: poses and faces for %d of %d frames (about %.0f s left)", done, total, eta)
     poses = fill_invalid_bodies(poses)
     _require_person(poses)
     fill_missing_faces(faces, has_face, log)
@@ -266,7 +272,8 @@ def _retargeted(drive: _DrivingPass, reference: np.ndarray, options: PreprocessO
 
 
 def _animation(driving: Path, reference_img: np.ndarray, indices: list[int], fps: float, options: PreprocessOptions,
-               models: PreprocessModels, log: logging.Logger, timer: _Timer) -> Conditioning:  # fmt: skip
+               models: PreprocessModels, log: logging.Logger, timer: _Timer,
+               should_cancel: Callable[[], bool] | None = None) -> Conditioning:  # fmt: skip
     area = options.resolution_width * options.resolution_height
     reference = resize_by_area(reference_img, area)  # the output size is the reference's; poses run on this copy
     out_hw = (int(reference.shape[0]), int(reference.shape[1]))
@@ -274,8 +281,9 @@ def _animation(driving: Path, reference_img: np.ndarray, indices: list[int], fps
     retarget = options.retarget_flag
     if options.use_flux and not retarget:
         log.warning("use_flux only applies with retarget_flag=true (official); ignoring it")
-    drive = _driving_pass(driving, indices, models, None, retarget and options.use_flux, log)
+    drive = _driving_pass(driving, indices, models, None, retarget and options.use_flux, log, should_cancel)
     timer.done("poses+faces", f"{len(indices)} frames at {drive.frame_hw[1]}x{drive.frame_hw[0]}")
+    check_cancel(should_cancel, "after pose estimation")
     if retarget:
         pose_frames = _draw(_retargeted(drive, reference, options, models, timer), out_hw, right_hand_first=True)
     else:
@@ -285,8 +293,8 @@ def _animation(driving: Path, reference_img: np.ndarray, indices: list[int], fps
 
 
 def _replacement(driving: Path, reference_img: np.ndarray, info: VideoInfo, indices: list[int], fps: float,
-                 options: PreprocessOptions, models: PreprocessModels, log: logging.Logger, timer: _Timer
-                 ) -> Conditioning:  # fmt: skip
+                 options: PreprocessOptions, models: PreprocessModels, log: logging.Logger, timer: _Timer,
+                 should_cancel: Callable[[], bool] | None = None) -> Conditioning:  # fmt: skip
     from .masks import person_masks, refine_masks, remove_person  # written separately
 
     if models.segmenter is None:
@@ -296,13 +304,14 @@ def _replacement(driving: Path, reference_img: np.ndarray, info: VideoInfo, indi
         log.warning("retarget_flag/use_flux are not used in replacement mode (official); ignoring them")
     area = options.resolution_width * options.resolution_height
     width, height = target_size(info.width, info.height, area)  # the output size is the video's
-    drive = _driving_pass(driving, indices, models, area, False, log)
+    drive = _driving_pass(driving, indices, models, area, False, log, should_cancel)
     assert drive.frames is not None and drive.frame_hw == (height, width)
     timer.done("poses+faces", f"{len(indices)} frames resized to {width}x{height}")
     reference = letterbox(reference_img, height, width)  # official padding_resize (bilinear)
     pose_frames = _draw(drive.poses, (height, width))
     timer.done("skeletons")
-    masks = person_masks(drive.frames, drive.poses, models.segmenter)
+    check_cancel(should_cancel, "before the person masks")
+    masks = person_masks(drive.frames, drive.poses, models.segmenter, should_cancel=should_cancel)
     if options.mask_iterations > 0:  # official: dilation and grid only when iterations > 0
         masks = refine_masks(
             masks,
@@ -324,8 +333,11 @@ def _replacement(driving: Path, reference_img: np.ndarray, info: VideoInfo, indi
 
 
 def preprocess(driving_video: Path, reference_image: Path, options: PreprocessOptions, models: PreprocessModels,
-               log: logging.Logger = logger) -> Conditioning:  # fmt: skip
-    """Driving video + character image -> the model's conditioning arrays (both modes, official flow)."""
+               log: logging.Logger = logger, should_cancel: Callable[[], bool] | None = None
+               ) -> Conditioning:  # fmt: skip
+    """Driving video + character image -> the model's conditioning arrays (both modes, official flow).
+
+    should_cancel() is asked between stages, per pose chunk and per SAM2 chunk; True raises errors.Cancelled."""
     timer = _Timer(log)
     driving_video, reference_image = Path(driving_video), Path(reference_image)
     info = probe_video(driving_video)
@@ -338,9 +350,10 @@ def preprocess(driving_video: Path, reference_image: Path, options: PreprocessOp
                          f"{len(indices)} frames at {fps:g} fps; reference {reference_img.shape[1]}x"
                          f"{reference_img.shape[0]}")  # fmt: skip
     if options.mode == "animation":
-        cond = _animation(driving_video, reference_img, indices, fps, options, models, log, timer)
+        cond = _animation(driving_video, reference_img, indices, fps, options, models, log, timer, should_cancel)
     elif options.mode == "replacement":
-        cond = _replacement(driving_video, reference_img, info, indices, fps, options, models, log, timer)
+        cond = _replacement(driving_video, reference_img, info, indices, fps, options, models, log, timer,
+                            should_cancel)  # fmt: skip
     else:
         raise InputError("invalid_mode", "mode", f"unknown mode {options.mode!r}; use animation or replacement")
     log.info("preprocess done: %d frames %dx%d at %g fps in %.1f s", cond.num_frames, cond.width, cond.height,

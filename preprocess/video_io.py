@@ -14,14 +14,14 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, check_cancel
 from ..limits import LIMITS
 
 logger = logging.getLogger(__name__)
@@ -376,7 +376,31 @@ def _encode_video(path: Path, frames: Iterable[np.ndarray], fps: float, crf: int
     return count
 
 
-def _mux_audio(video_only: Path, audio_from: Path, duration: float, out_path: Path) -> None:
+def _run_cancellable(cmd: list[str], timeout_s: float, should_cancel: Callable[[], bool] | None = None,
+                     poll_s: float = 0.2) -> None:
+    """subprocess.run(cmd, check=True, capture_output=True, timeout=timeout_s) that also stops on a cancel: the
+    process is killed and reaped (never left behind) when should_cancel() turns True or anything interrupts."""
+    deadline = time.monotonic() + timeout_s
+    with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        try:
+            while True:
+                try:
+                    stdout, stderr = proc.communicate(timeout=poll_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    check_cancel(should_cancel, "while muxing the audio")
+                    if time.monotonic() > deadline:
+                        raise subprocess.TimeoutExpired(cmd, timeout_s) from None
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, stdout, stderr)
+
+
+def _mux_audio(video_only: Path, audio_from: Path, duration: float, out_path: Path,
+               should_cancel: Callable[[], bool] | None = None) -> None:  # fmt: skip
     """Copy the video stream and add `audio_from`'s first audio track (AAC), cut to `duration` seconds."""
     cmd = [
         ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
@@ -386,7 +410,7 @@ def _mux_audio(video_only: Path, audio_from: Path, duration: float, out_path: Pa
         "-c:v", "copy", "-c:a", "aac", "-b:a", "192k", "-movflags", "+faststart",
         str(out_path),
     ]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    _run_cancellable(cmd, 600, should_cancel)
 
 
 def write_video(
@@ -397,12 +421,14 @@ def write_video(
     audio_duration: float | None = None,
     work_dir: Path | None = None,
     crf: int = 18,
+    should_cancel: Callable[[], bool] | None = None,
 ) -> Path:
     """Encode frames to an H.264 MP4 at `fps`, then add the audio of `audio_from` when it has any.
 
     `frames_iter` yields (H, W, 3) uint8 RGB frames or (n, H, W, 3) clips and is consumed as it comes
     (never held whole). Audio is cut to `audio_duration` (default: the video's length). If muxing fails
     the silent video is kept and a warning logged: a missing soundtrack should not lose the result.
+    should_cancel() is asked before and while muxing (True raises errors.Cancelled, ffmpeg is stopped).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -418,8 +444,10 @@ def write_video(
     try:
         count = _encode_video(video_only, frames_iter, fps, crf)
         duration = audio_duration if audio_duration is not None else count / fps
+        check_cancel(should_cancel, "before muxing the audio")
+        logger.info("mux: adding the driving video's audio (%d frames, %.1f s)", count, duration)
         try:
-            _mux_audio(video_only, Path(audio_from), duration, path)
+            _mux_audio(video_only, Path(audio_from), duration, path, should_cancel)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
             stderr = getattr(error, "stderr", b"") or b""
             logger.warning("could not add the driving video's audio (%s %s); writing the video without sound",

@@ -237,7 +237,7 @@ def test_flux_requested_without_model(monkeypatch):
 def test_replacement_sizes_from_video_and_wires_masks(monkeypatch, tmp_path, iterations):
     seen = {}
 
-    def person_masks(frames, poses, segmenter):
+    def person_masks(frames, poses, segmenter, should_cancel=None):
         seen["frames"], seen["segmenter"] = frames.shape, segmenter
         masks = np.zeros(frames.shape[:3], np.uint8)
         for i, pose in enumerate(poses):

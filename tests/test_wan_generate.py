@@ -217,13 +217,31 @@ def test_progress_and_cancel(models) -> None:
     list(generate(models, cond, GenerationOptions(clip_len=9, sampling_steps=2), on_step=lambda *a: steps.append(a)))
     assert steps == [(s, 3, i, 2) for s in range(3) for i in range(2)]
 
-    calls = iter(range(100))
+    done = []  # should_cancel is also asked between clips and per decoded frame: cancel after the third step
     clips = generate(
-        models, cond, GenerationOptions(clip_len=9, sampling_steps=2), should_cancel=lambda: next(calls) >= 3
-    )
+        models, cond, GenerationOptions(clip_len=9, sampling_steps=2), on_step=lambda *a: done.append(a),
+        should_cancel=lambda: len(done) >= 3,
+    )  # fmt: skip
     assert next(clips).shape[0] == 9  # steps 0, 1 of clip 1
     with pytest.raises(Cancelled):
         next(clips)  # clip 2 stops before its second step
+
+
+def test_cancel_stops_inside_the_vae_decode(models) -> None:
+    """A cancel during the decode stops at the next latent frame, not after the whole clip (a 720p decode takes
+    seconds per frame); the decoder's hooks are removed afterwards, so the next request decodes normally."""
+    cond = tiny_conditioning(5, face_size=16)
+    decoded = []  # decoder calls: one per latent frame (clip_len 5 -> 2 latent frames)
+    handle = models.vae.decoder.register_forward_hook(lambda *args: decoded.append(1))
+    try:
+        with pytest.raises(Cancelled, match="VAE decode of clip 1/1"):
+            list(generate(models, cond, GenerationOptions(clip_len=5, sampling_steps=1), should_cancel=lambda: bool(decoded)))
+        assert len(decoded) == 1
+        decoded.clear()
+        clips = list(generate(models, cond, GenerationOptions(clip_len=5, sampling_steps=1), should_cancel=lambda: False))
+    finally:
+        handle.remove()
+    assert sum(c.shape[0] for c in clips) == 5 and len(decoded) == 2
 
 
 def test_faces_at_512_are_resized_for_the_tiny_model_only(models) -> None:

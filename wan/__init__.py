@@ -1,9 +1,9 @@
 """Generation: Wan-Animate 14B from a preprocess.Conditioning to decoded frames, streamed clip by clip."""
 
+from ..errors import Cancelled  # where a cancel raises it in every stage (preprocessing too)
 from .generate import (
     DEFAULT_NEGATIVE_PROMPT,
     DEFAULT_PROMPT,
-    Cancelled,
     GenerationOptions,
     generate,
     generate_clips,

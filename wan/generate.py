@@ -7,8 +7,9 @@ stay on the device (the next clip's guide). The official code keeps the whole vi
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
+from ..errors import check_cancel
 from . import motion_cache
 from .color import match_colors
 from .conditioning import (
@@ -51,10 +53,6 @@ DEFAULT_NEGATIVE_PROMPT = (
 PROMPT_CACHE_SIZE = 16
 
 StepCallback = Callable[[int, int, int, int], None]  # (segment_idx, num_segments, step_idx, num_steps)
-
-
-class Cancelled(Exception):
-    """should_cancel() returned True: generation stopped between two denoising steps."""
 
 
 @dataclass(frozen=True)
@@ -193,8 +191,7 @@ def _denoise(
         motion_cache.installed(transformer, motion),
     ):
         for step, t in enumerate(timesteps):
-            if should_cancel is not None and should_cancel():
-                raise Cancelled(f"cancelled at clip {segment[0] + 1}/{segment[1]}, step {step + 1}/{len(timesteps)}")
+            check_cancel(should_cancel, f"at clip {segment[0] + 1}/{segment[1]}, step {step + 1}/{len(timesteps)}")
             model_input = torch.cat([latents.to(models.dtype), y], dim=1)
             timestep = t.expand(1)
             if cache is not None:
@@ -216,6 +213,21 @@ def _denoise(
         logger.info("step cache: clip %d skipped %d of %d forwards", segment[0] + 1, cache.skipped_steps,
                     len(cache.decisions))
     return latents
+
+
+@contextmanager
+def _cancellable_decode(vae: torch.nn.Module, should_cancel: Callable[[], bool] | None, where: str) -> Iterator[None]:
+    """Check should_cancel before each decoder call: diffusers' Wan VAE decodes one latent frame (or tile) per call,
+    so a cancel stops a long 720p decode after the current frame instead of at its end."""
+    decoder = getattr(vae, "decoder", None)
+    if should_cancel is None or decoder is None:
+        yield
+        return
+    handle = decoder.register_forward_pre_hook(lambda module, args: check_cancel(should_cancel, where))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @torch.no_grad()
@@ -262,7 +274,9 @@ def _generate_on_device(
         carried_raw: torch.Tensor | None = None  # (r, 3, H, W) last decoded frames, the next clip's guide
         carried_shown: torch.Tensor | None = None  # the same frames as emitted (after colour matching)
         emitted = 0
+        decode_s: float | None = None  # the last clip's decode time: the next one's estimate
         for index, start in enumerate(starts):
+            check_cancel(should_cancel, f"before clip {index + 1}/{len(starts)}")
             window = indices[start : start + clip_len]
             _reset_transformer_caches(models.transformer)
             noise = torch.randn(noise_shape, generator=generator, device=device, dtype=torch.float32)
@@ -285,8 +299,13 @@ def _generate_on_device(
                 (index, len(starts)), on_step, should_cancel,
             )  # fmt: skip
             del noise, y, pose, face, clip_y
-            with on_device(models.vae, device, offload):
+            logger.info("VAE decode of clip %d/%d: started%s", index + 1, len(starts),
+                        f" (about {decode_s:.0f} s, as the last clip)" if decode_s is not None else "")  # fmt: skip
+            decode_start = time.perf_counter()
+            where = f"during the VAE decode of clip {index + 1}/{len(starts)}"
+            with on_device(models.vae, device, offload), _cancellable_decode(models.vae, should_cancel, where):
                 frames = vae_decode(models, latents[:, :, 1:])[0].transpose(0, 1)  # (clip_len, 3, H, W)
+            decode_s = time.perf_counter() - decode_start
             del latents
             shown = frames
             if options.color_match and carried_shown is not None:
@@ -323,8 +342,8 @@ def generate(
     """Yield the video clip by clip as (t, H, W, 3) uint8 arrays; exactly cond.num_frames frames in total.
 
     on_step(segment_idx, num_segments, step_idx, num_steps) after every denoising step; should_cancel() before every
-    step (True raises Cancelled). Colour matching (options.color_match) changes only the emitted pixels: the next
-    clip is guided by the raw decoded frames, as in the official code.
+    clip, every step and every VAE decoder call (True raises errors.Cancelled). Colour matching (options.color_match)
+    changes only the emitted pixels: the next clip is guided by the raw decoded frames, as in the official code.
     """
     for clip in _generate_on_device(models, cond, options, on_step, should_cancel):
         yield to_uint8(clip)  # converted on the device: only uint8 crosses to the CPU

@@ -104,16 +104,16 @@ def test_temporary_files_are_removed_on_success_and_on_failure(smoke_app: object
     assert Path(output.video.path).is_file()
     assert run_dirs() == before
     assert any(p.name.startswith("wan-animate-out-") for p in private_tmp.iterdir())  # the output stays
-    blank = tmp_path / "blank.png"  # nobody in it: retargeting needs the reference's pose, so preprocessing fails
+    tiny = tmp_path / "tiny.png"  # too small to use: refused inside the run, after its temp folder exists
     import numpy as np
     from PIL import Image
 
-    Image.fromarray(np.full((256, 256, 3), 200, np.uint8)).save(blank)
-    bad = smoke_input(retarget_flag=True)
-    bad.reference_image = inference.File(path=str(blank))
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(tiny)
+    bad = smoke_input()
+    bad.reference_image = inference.File(path=str(tiny))
     with pytest.raises(inference.InputError) as info:
         asyncio.run(smoke_app.run(bad))
-    assert (info.value.code, info.value.field) == ("no_person_in_reference", "reference_image")
+    assert (info.value.code, info.value.field) == ("image_too_small", "reference_image")
     assert run_dirs() == before
 
 

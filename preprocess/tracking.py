@@ -1,0 +1,338 @@
+"""One performer through a multi-person driving video: person boxes linked into tracks, one track chosen.
+
+Not in the official pipeline, which takes the largest detected person in each frame independently, so in a video
+with two people the skeleton can jump from one to the other between frames. Here the detector's person boxes of
+the WHOLE video are linked into tracks first (box IoU and centre distance against a constant-velocity prediction,
+tracks survive misses of up to `max_gap` frames), then one track is the performer for every frame:
+
+- "auto": the most prominent person, the largest sum over its frames of box area x detection score;
+- an index: the people (tracks seen in at least MIN_PERSON_FRACTION of the frames that are not a second box on
+  a more prominent person) numbered left to right by box centre on the first frame where all of them are visible
+  (by mean centre when they never all are);
+- a point "x,y" or a box "x1,y1,x2,y2" in source pixels: the person whose box holds the point (the smallest box
+  when several do) / overlaps the box most, on the first frame where one does.
+
+Tracks that share no frame with the performer nor with any other person are the performer too (a person leaving
+and coming back comes back as a new track). So when at most one person is detected per frame, every frame gets
+the box the official largest-person rule gets (and frames with nobody the official whole-image fallback): a
+single-person video gives the official output.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from ..errors import InputError
+
+MIN_PERSON_FRACTION = 0.1  # a track detected in fewer frames than this fraction is not counted as a person
+MIN_IOU = 0.2  # a detection overlapping a track's predicted box this much may join it...
+MAX_CENTRE_SHIFT = 0.6  # ...or one whose centre is within this many predicted box heights...
+MISS_SHIFT = 0.1  # ...plus this many per frame the track was missed
+PART_OVERLAP = 0.7  # a box with this fraction of its area inside another person's box is part of that person
+MAX_SIZE_RATIO = 2.0  # box heights of a track and a detection joining it differ by at most this factor
+VELOCITY_SMOOTHING = 0.5  # weight of the newest velocity estimate in the running one
+POINT_BOX_MIN_IOU = 0.3  # a box given as `person` must overlap a person's box this much
+PERSON_FIELD = "person"
+
+FrameStatus = Literal["detected", "interpolated", "nobody", "absent"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# the `person` input
+
+
+@dataclass(frozen=True)
+class PersonChoice:
+    """The parsed `person` input: auto, an index (left to right), or a point / box in source pixels."""
+
+    kind: Literal["auto", "index", "point", "box"] = "auto"
+    index: int = 0
+    coords: tuple[float, ...] = ()  # (x, y) for a point, (x1, y1, x2, y2) for a box
+
+
+PERSON_HELP = (
+    'use "auto" (the most prominent person), an index such as "0" (people numbered left to right), a point '
+    '"x,y" or a box "x1,y1,x2,y2" in pixels of the driving video'
+)
+_NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
+
+
+def parse_person(value: str | int | None) -> PersonChoice:
+    """`person` text -> PersonChoice; InputError("invalid_person", "person") saying what is accepted."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
+        return PersonChoice()
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InputError("invalid_person", PERSON_FIELD, f"got {value!r}; {PERSON_HELP}")
+    text = str(value).strip()
+    if re.fullmatch(r"\d+", text):
+        return PersonChoice("index", index=int(text))
+    for kind, count in (("point", 2), ("box", 4)):
+        match = re.fullmatch(",".join([_NUMBER] * count), text)
+        if match:
+            coords = tuple(float(v) for v in match.groups())
+            if min(coords) < 0:
+                raise InputError("invalid_person", PERSON_FIELD, f"{text!r} has a negative coordinate; {PERSON_HELP}")
+            if kind == "box" and not (coords[2] > coords[0] and coords[3] > coords[1]):
+                raise InputError(
+                    "invalid_person",
+                    PERSON_FIELD,
+                    f"box {text!r} needs x2 > x1 and y2 > y1 (x1,y1 = top left, x2,y2 = bottom right)",
+                )
+            return PersonChoice(kind, coords=coords)
+    raise InputError("invalid_person", PERSON_FIELD, f"got {text!r}; {PERSON_HELP}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# tracks
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two boxes x1, y1, x2, y2 (extra columns ignored)."""
+    iw = min(a[2], b[2]) - max(a[0], b[0])
+    ih = min(a[3], b[3]) - max(a[1], b[1])
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def box_centre(box: np.ndarray) -> np.ndarray:
+    """(2,) centre x, y of a box x1, y1, x2, y2."""
+    return np.array([(box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0])
+
+
+@dataclass
+class Track:
+    """One person followed over frames: the detector's own boxes (5,) x1, y1, x2, y2, score where it was found."""
+
+    frames: list[int] = field(default_factory=list)
+    boxes: list[np.ndarray] = field(default_factory=list)
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(4))  # per frame, of x1, y1, x2, y2
+
+    def add(self, frame: int, box: np.ndarray) -> None:
+        if self.frames:
+            step = (box[:4] - self.boxes[-1][:4]) / (frame - self.frames[-1])
+            smoothing = VELOCITY_SMOOTHING if len(self.frames) > 1 else 1.0
+            self.velocity = smoothing * step + (1 - smoothing) * self.velocity
+        self.frames.append(frame)
+        self.boxes.append(np.asarray(box[:5], dtype=np.float64))
+
+    def predict(self, frame: int) -> np.ndarray:
+        """(4,) constant-velocity guess of the box at `frame`."""
+        return self.boxes[-1][:4] + self.velocity * (frame - self.frames[-1])
+
+    @property
+    def prominence(self) -> float:
+        """Sum over the track's frames of box area x detection score: how much of the clip this person fills."""
+        return float(sum((b[2] - b[0]) * (b[3] - b[1]) * b[4] for b in self.boxes))
+
+    def box_at(self, frame: int) -> np.ndarray | None:
+        try:
+            return self.boxes[self.frames.index(frame)]
+        except ValueError:
+            return None
+
+
+def _match_cost(track: Track, frame: int, det: np.ndarray) -> float | None:
+    """Cost of `det` joining `track` at `frame` (lower is better), None when it is not plausibly the same person."""
+    pred = track.predict(frame)
+    misses = frame - track.frames[-1] - 1
+    pred_h = max(pred[3] - pred[1], 1.0)
+    det_h = max(det[3] - det[1], 1.0)
+    size = abs(math.log(det_h / pred_h))
+    if size > math.log(MAX_SIZE_RATIO):
+        return None
+    iou = box_iou(pred, det)
+    shift = float(np.linalg.norm(box_centre(pred) - box_centre(det))) / max(pred_h, det_h)
+    if iou < MIN_IOU and shift > MAX_CENTRE_SHIFT + MISS_SHIFT * misses:
+        return None
+    return (1.0 - iou) + shift + size
+
+
+def link_tracks(detections: list[np.ndarray], max_gap: int) -> list[Track]:
+    """Per-frame person boxes [(M_t, 5) x1, y1, x2, y2, score] -> tracks over the whole video.
+
+    Each frame, every (track, detection) pair that passes the gates is ranked by (1 - IoU) + centre shift +
+    log size ratio against the track's predicted box, and pairs are taken best first (each track and detection once).
+    A detection left over starts a track; a track not seen for more than `max_gap` frames ends.
+    """
+    tracks: list[Track] = []
+    for t, dets in enumerate(detections):
+        live = [k for k, tr in enumerate(tracks) if t - tr.frames[-1] - 1 <= max_gap]
+        pairs = []
+        for k in live:
+            for j, det in enumerate(dets):
+                cost = _match_cost(tracks[k], t, det)
+                if cost is not None:
+                    pairs.append((cost, k, j))
+        used_tracks: set[int] = set()
+        used_dets: set[int] = set()
+        for _, k, j in sorted(pairs):
+            if k in used_tracks or j in used_dets:
+                continue
+            tracks[k].add(t, dets[j])
+            used_tracks.add(k)
+            used_dets.add(j)
+        for j, det in enumerate(dets):
+            if j not in used_dets:
+                track = Track()
+                track.add(t, det)
+                tracks.append(track)
+    return tracks
+
+
+def inside_fraction(inner: np.ndarray, outer: np.ndarray) -> float:
+    """Fraction of box `inner`'s area that lies inside box `outer`."""
+    iw = min(inner[2], outer[2]) - max(inner[0], outer[0])
+    ih = min(inner[3], outer[3]) - max(inner[1], outer[1])
+    area = (inner[2] - inner[0]) * (inner[3] - inner[1])
+    return float(iw * ih / area) if iw > 0 and ih > 0 and area > 0 else 0.0
+
+
+def is_part_of(part: Track, whole: Track) -> bool:
+    """True when `part` is a second box on the same person as `whole` (e.g. the upper body of someone whose full
+    body is also detected): on at least half of `part`'s frames both are there and `part` lies inside `whole`."""
+    inside = 0
+    for frame, box in zip(part.frames, part.boxes, strict=True):
+        other = whole.box_at(frame)
+        inside += other is not None and inside_fraction(box, other) >= PART_OVERLAP
+    return inside >= 0.5 * len(part.frames)
+
+
+def people(tracks: list[Track], num_frames: int) -> list[Track]:
+    """The tracks that count as people, most prominent first: seen in at least MIN_PERSON_FRACTION of the frames
+    (at least one) and not a part of a more prominent person (`is_part_of`). Never empty when `tracks` is not."""
+    need = max(1, math.ceil(MIN_PERSON_FRACTION * num_frames))
+    kept: list[Track] = []
+    for tr in sorted(tracks, key=lambda tr: -tr.prominence):
+        if len(tr.frames) >= need and not any(is_part_of(tr, whole) for whole in kept):
+            kept.append(tr)
+    return kept or sorted(tracks, key=lambda tr: -tr.prominence)[:1]
+
+
+def left_to_right(persons: list[Track]) -> list[Track]:
+    """People ordered by box centre x on the first frame where all are visible (else by mean centre x)."""
+    if not persons:
+        return []
+    common = set(persons[0].frames).intersection(*(tr.frames for tr in persons[1:]))
+    if common:
+        first = min(common)
+        return sorted(persons, key=lambda tr: box_centre(tr.box_at(first))[0])
+    return sorted(persons, key=lambda tr: float(np.mean([box_centre(b)[0] for b in tr.boxes])))
+
+
+def _chosen_by_place(tracks: list[Track], num_frames: int, choice: PersonChoice) -> Track:
+    """The track at a point (smallest box holding it) or box (largest IoU) on the first frame where there is one."""
+    for t in range(num_frames):
+        candidates = []
+        for tr in tracks:
+            box = tr.box_at(t)
+            if box is None:
+                continue
+            if choice.kind == "point":
+                x, y = choice.coords
+                if box[0] <= x <= box[2] and box[1] <= y <= box[3]:
+                    candidates.append(((box[2] - box[0]) * (box[3] - box[1]), tr))
+            elif (iou := box_iou(np.asarray(choice.coords), box)) >= POINT_BOX_MIN_IOU:
+                candidates.append((-iou, tr))
+        if candidates:
+            return min(candidates, key=lambda c: c[0])[1]
+    raise InputError(
+        "person_not_found", PERSON_FIELD,
+        f"no detected person is at {choice.kind} {','.join(f'{v:g}' for v in choice.coords)} (in pixels of the "
+        "driving video) in any frame; give a point on the person (or a box around them) as seen in the video, "
+        'or use "auto"',
+    )  # fmt: skip
+
+
+def choose_track(tracks: list[Track], num_frames: int, choice: PersonChoice) -> Track | None:
+    """The performer's track for `choice` (coordinates already in the frames' pixels); None when nobody was found."""
+    if not tracks:
+        return None
+    persons = people(tracks, num_frames)
+    if choice.kind == "auto":
+        return persons[0]
+    if choice.kind == "index":
+        ordered = left_to_right(persons)
+        if choice.index >= len(ordered):
+            found = len(ordered)
+            raise InputError(
+                "person_not_found", PERSON_FIELD,
+                f"asks for person {choice.index} but {found} {'person was' if found == 1 else 'people were'} found "
+                f"in the driving video; use an index from 0 to {found - 1} (left to right) or \"auto\"",
+            )  # fmt: skip
+        return ordered[choice.index]
+    return _chosen_by_place(persons, num_frames, choice)
+
+
+def performer_frames(tracks: list[Track], persons: list[Track], chosen: Track) -> dict[int, np.ndarray]:
+    """Frame -> box of the performer: the chosen track, plus each track (most prominent first) that shares no frame
+    with the performer's frames so far nor with any other person (a performer who left and came back)."""
+    boxes = dict(zip(chosen.frames, chosen.boxes, strict=True))
+    for tr in sorted(tracks, key=lambda tr: -tr.prominence):
+        if tr is chosen or boxes.keys() & set(tr.frames):
+            continue
+        rivals = [p for p in persons if p is not chosen and p is not tr]
+        if not any(set(tr.frames) & set(p.frames) for p in rivals):
+            boxes.update(zip(tr.frames, tr.boxes, strict=True))
+    return boxes
+
+
+def seen_together(persons: list[Track]) -> bool:
+    """True when two of the people are detected in the same frame (a multi-person video)."""
+    frames = [set(p.frames) for p in persons]
+    return any(a & b for i, a in enumerate(frames) for b in frames[i + 1 :])
+
+
+def performer_boxes(detections: list[np.ndarray], choice: PersonChoice, max_gap: int
+                    ) -> tuple[np.ndarray, list[FrameStatus]]:  # fmt: skip
+    """Per-frame person boxes [(M_t, 5)] -> the performer's (T, 5) box per frame and each frame's status.
+
+    "detected": the detector's own box of the performer. "nobody": nobody was detected in this frame of a video
+    where no two people are ever seen together: score -1, the official whole-image fallback (as official).
+    "interpolated": the performer was not detected, inside a gap of at most `max_gap` frames between two frames
+    where they were: the box interpolated linearly, its score the lower of the two. "absent": anything else (the
+    caller gives such frames the nearest detected frame's pose). Coordinates of `choice` are in the frames' pixels.
+    """
+    num_frames = len(detections)
+    tracks = link_tracks(detections, max_gap)
+    out = np.zeros((num_frames, 5))
+    out[:, 4] = -1.0
+    statuses: list[FrameStatus] = ["nobody"] * num_frames
+    chosen = choose_track(tracks, num_frames, choice)
+    if chosen is None:
+        return out, statuses
+    persons = people(tracks, num_frames)
+    found = performer_frames(tracks, persons, chosen)
+    official_fallback = not seen_together(persons)
+    seen = np.array(sorted(found))
+    for t in range(num_frames):
+        if t in found:
+            out[t], statuses[t] = found[t], "detected"
+            continue
+        if official_fallback and len(detections[t]) == 0:
+            continue
+        pos = int(np.searchsorted(seen, t))
+        if 0 < pos < len(seen) and seen[pos] - seen[pos - 1] - 1 <= max_gap:
+            a, b = int(seen[pos - 1]), int(seen[pos])
+            w = (t - a) / (b - a)
+            out[t, :4] = (1 - w) * found[a][:4] + w * found[b][:4]
+            out[t, 4] = min(found[a][4], found[b][4])
+            statuses[t] = "interpolated"
+        else:
+            statuses[t] = "absent"
+    return out, statuses
+
+
+def scale_choice(choice: PersonChoice, sx: float, sy: float) -> PersonChoice:
+    """A point/box choice given in source pixels -> pixels of frames resized by (sx, sy)."""
+    if choice.kind not in ("point", "box"):
+        return choice
+    scales = (sx, sy) * (len(choice.coords) // 2)
+    return PersonChoice(choice.kind, coords=tuple(c * s for c, s in zip(choice.coords, scales, strict=True)))

@@ -205,7 +205,7 @@ class AppInput(BaseAppInput):
     @field_validator("person", mode="before")
     @classmethod
     def _person_valid(cls, value: Any) -> str:
-        from .preprocess.tracking import parse_person  # light: numpy and errors only
+        from .preprocess.tracking import parse_person
 
         parse_person(value)  # InputError (a ValueError) naming `person` and what it accepts
         return "auto" if value is None else str(value).strip()

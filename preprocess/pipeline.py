@@ -33,6 +33,7 @@ import numpy as np
 from ..errors import InputError
 from ..limits import LIMITS
 from .conditioning import Conditioning, PreprocessOptions
+from .detection import fallback_box
 from .face import FACE_SIZE, crop_face, face_box, fill_missing_faces, nearest_good
 from .frame_threads import map_frames
 from .pose import PoseEstimator, fill_invalid_bodies
@@ -55,7 +56,6 @@ from .video_io import (
 logger = logging.getLogger("wan_animate.preprocess")
 
 POSE_CHUNK = 32  # frames decoded and pose-estimated per step
-MAX_GAP_SECONDS = 1.0  # a performer missed for up to this long is still followed (tracking.performer_boxes)
 
 
 @dataclass
@@ -185,8 +185,8 @@ def _performer(path: Path, indices: list[int], estimator: Any, resize_area: int 
             scale = (resized.shape[2] / frames.shape[2], resized.shape[1] / frames.shape[1])
             frames = resized
         detections.extend(estimator.detect_people(frames))
-    max_gap = max(1, round(fps * MAX_GAP_SECONDS))
-    boxes, statuses = performer_boxes(detections, scale_choice(person, *scale), max_gap)
+    boxes, statuses = performer_boxes(detections, scale_choice(person, *scale), fps)
+    boxes[boxes[:, 4] <= 0] = fallback_box(*frames.shape[1:3])  # nobody / absent: the official whole-frame box
     counts = {s: statuses.count(s) for s in ("detected", "interpolated", "absent", "nobody")}
     log.info(
         "preprocess: performer (person=%s) detected in %d frames, box interpolated in %d, absent in %d, "

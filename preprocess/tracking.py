@@ -3,7 +3,7 @@
 Not in the official pipeline, which takes the largest detected person in each frame independently, so in a video
 with two people the skeleton can jump from one to the other between frames. Here the detector's person boxes of
 the WHOLE video are linked into tracks first (box IoU and centre distance against a constant-velocity prediction,
-tracks survive misses of up to `max_gap` frames), then one track is the performer for every frame:
+tracks survive misses of up to MAX_GAP_SECONDS), then one track is the performer for every frame:
 
 - "auto": the most prominent person, the largest sum over its frames of box area x detection score;
 - an index: the people (tracks seen in at least MIN_PERSON_FRACTION of the frames that are not a second box on
@@ -12,10 +12,10 @@ tracks survive misses of up to `max_gap` frames), then one track is the performe
 - a point "x,y" or a box "x1,y1,x2,y2" in source pixels: the person whose box holds the point (the smallest box
   when several do) / overlaps the box most, on the first frame where one does.
 
-Tracks that share no frame with the performer nor with any other person are the performer too (a person leaving
-and coming back comes back as a new track). So when at most one person is detected per frame, every frame gets
-the box the official largest-person rule gets (and frames with nobody the official whole-image fallback): a
-single-person video gives the official output.
+A person can be several tracks: one that shares no frame with a person and starts near where they were last seen
+joins them (someone leaving and coming back is a new track), see `people`. A video in which no frame shows two people (every frame's boxes are
+one box, or nested ones such as a second box on someone's upper body) keeps the official choice in every frame:
+a single-person video gives the official output.
 """
 
 from __future__ import annotations
@@ -32,9 +32,12 @@ from ..errors import InputError
 MIN_PERSON_FRACTION = 0.1  # a track detected in fewer frames than this fraction is not counted as a person
 MIN_IOU = 0.2  # a detection overlapping a track's predicted box this much may join it...
 MAX_CENTRE_SHIFT = 0.6  # ...or one whose centre is within this many predicted box heights...
-MISS_SHIFT = 0.1  # ...plus this many per frame the track was missed
+MISS_SHIFT_PER_SECOND = 1.5  # ...plus this many per second the track was missed
+MAX_EXTRAPOLATION_SECONDS = 0.5  # a missed track's box moves on at its last velocity for at most this long
+MAX_GAP_SECONDS = 2.0  # a track missed for longer than this ends; shorter gaps in the performer are interpolated
 PART_OVERLAP = 0.7  # a box with this fraction of its area inside another person's box is part of that person
-MAX_SIZE_RATIO = 2.0  # box heights of a track and a detection joining it differ by at most this factor
+MAX_SIZE_RATIO = 3.0  # box heights of a track and a detection joining it differ by at most this factor
+MISS_COST_PER_SECOND = 1.0  # added to the matching cost per second a track was missed: recent tracks first
 VELOCITY_SMOOTHING = 0.5  # weight of the newest velocity estimate in the running one
 POINT_BOX_MIN_IOU = 0.3  # a box given as `person` must overlap a person's box this much
 PERSON_FIELD = "person"
@@ -114,6 +117,7 @@ class Track:
     frames: list[int] = field(default_factory=list)
     boxes: list[np.ndarray] = field(default_factory=list)
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(4))  # per frame, of x1, y1, x2, y2
+    by_frame: dict[int, np.ndarray] = field(default_factory=dict)  # frame -> box, for look-ups
 
     def add(self, frame: int, box: np.ndarray) -> None:
         if self.frames:
@@ -122,10 +126,11 @@ class Track:
             self.velocity = smoothing * step + (1 - smoothing) * self.velocity
         self.frames.append(frame)
         self.boxes.append(np.asarray(box[:5], dtype=np.float64))
+        self.by_frame[frame] = self.boxes[-1]
 
-    def predict(self, frame: int) -> np.ndarray:
-        """(4,) constant-velocity guess of the box at `frame`."""
-        return self.boxes[-1][:4] + self.velocity * (frame - self.frames[-1])
+    def predict(self, frame: int, horizon: int) -> np.ndarray:
+        """(4,) constant-velocity guess of the box at `frame`, moved on for at most `horizon` frames."""
+        return self.boxes[-1][:4] + self.velocity * min(frame - self.frames[-1], horizon)
 
     @property
     def prominence(self) -> float:
@@ -133,15 +138,17 @@ class Track:
         return float(sum((b[2] - b[0]) * (b[3] - b[1]) * b[4] for b in self.boxes))
 
     def box_at(self, frame: int) -> np.ndarray | None:
-        try:
-            return self.boxes[self.frames.index(frame)]
-        except ValueError:
-            return None
+        return self.by_frame.get(frame)
 
 
-def _match_cost(track: Track, frame: int, det: np.ndarray) -> float | None:
+def max_gap_frames(fps: float) -> int:
+    """MAX_GAP_SECONDS in frames at `fps` (at least one)."""
+    return max(1, round(MAX_GAP_SECONDS * fps))
+
+
+def _match_cost(track: Track, frame: int, det: np.ndarray, fps: float) -> float | None:
     """Cost of `det` joining `track` at `frame` (lower is better), None when it is not plausibly the same person."""
-    pred = track.predict(frame)
+    pred = track.predict(frame, max(1, round(MAX_EXTRAPOLATION_SECONDS * fps)))
     misses = frame - track.frames[-1] - 1
     pred_h = max(pred[3] - pred[1], 1.0)
     det_h = max(det[3] - det[1], 1.0)
@@ -150,25 +157,28 @@ def _match_cost(track: Track, frame: int, det: np.ndarray) -> float | None:
         return None
     iou = box_iou(pred, det)
     shift = float(np.linalg.norm(box_centre(pred) - box_centre(det))) / max(pred_h, det_h)
-    if iou < MIN_IOU and shift > MAX_CENTRE_SHIFT + MISS_SHIFT * misses:
+    if iou < MIN_IOU and shift > MAX_CENTRE_SHIFT + MISS_SHIFT_PER_SECOND * misses / fps:
         return None
-    return (1.0 - iou) + shift + size
+    return (1.0 - iou) + shift + size + MISS_COST_PER_SECOND * misses / fps
 
 
-def link_tracks(detections: list[np.ndarray], max_gap: int) -> list[Track]:
-    """Per-frame person boxes [(M_t, 5) x1, y1, x2, y2, score] -> tracks over the whole video.
+def link_tracks(detections: list[np.ndarray], fps: float) -> list[Track]:
+    """Per-frame person boxes [(M_t, 5) x1, y1, x2, y2, score] at `fps` -> tracks over the whole video.
 
     Each frame, every (track, detection) pair that passes the gates is ranked by (1 - IoU) + centre shift +
-    log size ratio against the track's predicted box, and pairs are taken best first (each track and detection once).
-    A detection left over starts a track; a track not seen for more than `max_gap` frames ends.
+    log size ratio against the track's predicted box + time since the track was last seen, and pairs are taken best
+    first (each track and detection once).
+    A detection left over starts a track; a track not seen for more than MAX_GAP_SECONDS ends.
     """
+    max_gap = max_gap_frames(fps)
     tracks: list[Track] = []
+    live: list[int] = []  # indices of the tracks not yet ended
     for t, dets in enumerate(detections):
-        live = [k for k, tr in enumerate(tracks) if t - tr.frames[-1] - 1 <= max_gap]
+        live = [k for k in live if t - tracks[k].frames[-1] - 1 <= max_gap]
         pairs = []
         for k in live:
             for j, det in enumerate(dets):
-                cost = _match_cost(tracks[k], t, det)
+                cost = _match_cost(tracks[k], t, det, fps)
                 if cost is not None:
                     pairs.append((cost, k, j))
         used_tracks: set[int] = set()
@@ -184,6 +194,7 @@ def link_tracks(detections: list[np.ndarray], max_gap: int) -> list[Track]:
                 track = Track()
                 track.add(t, det)
                 tracks.append(track)
+                live.append(len(tracks) - 1)
     return tracks
 
 
@@ -205,15 +216,60 @@ def is_part_of(part: Track, whole: Track) -> bool:
     return inside >= 0.5 * len(part.frames)
 
 
-def people(tracks: list[Track], num_frames: int) -> list[Track]:
-    """The tracks that count as people, most prominent first: seen in at least MIN_PERSON_FRACTION of the frames
-    (at least one) and not a part of a more prominent person (`is_part_of`). Never empty when `tracks` is not."""
+def _gap_distance(track: Track, person: Track) -> tuple[float, int]:
+    """(distance in box heights, frames apart) from where a person who shares no frame with `track` was last seen
+    before it starts, or next seen after it ends, to the track's box there (the nearer of the two)."""
+    before = [f for f in person.frames if f < track.frames[0]]
+    after = [f for f in person.frames if f > track.frames[-1]]
+    pairs = []
+    if before:
+        pairs.append((track.boxes[0], person.box_at(before[-1]), track.frames[0] - before[-1]))
+    if after:
+        pairs.append((track.boxes[-1], person.box_at(after[0]), after[0] - track.frames[-1]))
+    best: tuple[float, int] = (np.inf, 0)
+    for own, theirs, apart in pairs:
+        height = max(own[3] - own[1], theirs[3] - theirs[1], 1.0)
+        best = min(best, (float(np.linalg.norm(box_centre(own) - box_centre(theirs))) / height, apart))
+    return best
+
+
+def _joined(person: Track, track: Track) -> Track:
+    """One track holding the frames and boxes of both (they share no frame)."""
+    out = Track()
+    for frame in sorted(person.frames + track.frames):
+        out.frames.append(frame)
+        out.boxes.append(person.box_at(frame) if frame in person.by_frame else track.box_at(frame))
+        out.by_frame[frame] = out.boxes[-1]
+    return out
+
+
+def people(tracks: list[Track], num_frames: int, fps: float = 30.0) -> list[Track]:
+    """The people in the video, most prominent first, each one track or several joined.
+
+    Tracks are visited most prominent first. A second box on someone already found (`is_part_of`) is dropped; a
+    track that shares no frame with a person found and starts (or ends) within the tracking gate of where they were
+    last (next) seen (MAX_CENTRE_SHIFT + MISS_SHIFT_PER_SECOND per second apart) joins the nearest such person:
+    someone who left and came back. Any other track seen in at least MIN_PERSON_FRACTION of the frames is a new
+    person. Never empty when `tracks` is not.
+    """
     need = max(1, math.ceil(MIN_PERSON_FRACTION * num_frames))
-    kept: list[Track] = []
+    persons: list[Track] = []
     for tr in sorted(tracks, key=lambda tr: -tr.prominence):
-        if len(tr.frames) >= need and not any(is_part_of(tr, whole) for whole in kept):
-            kept.append(tr)
-    return kept or sorted(tracks, key=lambda tr: -tr.prominence)[:1]
+        if any(is_part_of(tr, p) for p in persons):
+            continue
+        near = []
+        for k, p in enumerate(persons):
+            if not p.by_frame.keys() & tr.by_frame.keys():
+                distance, gap = _gap_distance(tr, p)
+                if distance <= MAX_CENTRE_SHIFT + MISS_SHIFT_PER_SECOND * gap / fps:
+                    near.append((distance, k))
+        if near:
+            k = min(near)[1]
+            persons[k] = _joined(persons[k], tr)
+        elif len(tr.frames) >= need:
+            persons.append(tr)
+    persons.sort(key=lambda p: -p.prominence)
+    return persons or sorted(tracks, key=lambda tr: -tr.prominence)[:1]
 
 
 def left_to_right(persons: list[Track]) -> list[Track]:
@@ -251,11 +307,11 @@ def _chosen_by_place(tracks: list[Track], num_frames: int, choice: PersonChoice)
     )  # fmt: skip
 
 
-def choose_track(tracks: list[Track], num_frames: int, choice: PersonChoice) -> Track | None:
-    """The performer's track for `choice` (coordinates already in the frames' pixels); None when nobody was found."""
+def choose_track(tracks: list[Track], num_frames: int, choice: PersonChoice, fps: float = 30.0) -> Track | None:
+    """The performer (`people`) for `choice` (coordinates already in the frames' pixels); None when nobody was found."""
     if not tracks:
         return None
-    persons = people(tracks, num_frames)
+    persons = people(tracks, num_frames, fps)
     if choice.kind == "auto":
         return persons[0]
     if choice.kind == "index":
@@ -271,52 +327,46 @@ def choose_track(tracks: list[Track], num_frames: int, choice: PersonChoice) -> 
     return _chosen_by_place(persons, num_frames, choice)
 
 
-def performer_frames(tracks: list[Track], persons: list[Track], chosen: Track) -> dict[int, np.ndarray]:
-    """Frame -> box of the performer: the chosen track, plus each track (most prominent first) that shares no frame
-    with the performer's frames so far nor with any other person (a performer who left and came back)."""
-    boxes = dict(zip(chosen.frames, chosen.boxes, strict=True))
-    for tr in sorted(tracks, key=lambda tr: -tr.prominence):
-        if tr is chosen or boxes.keys() & set(tr.frames):
-            continue
-        rivals = [p for p in persons if p is not chosen and p is not tr]
-        if not any(set(tr.frames) & set(p.frames) for p in rivals):
-            boxes.update(zip(tr.frames, tr.boxes, strict=True))
-    return boxes
+def one_in_view(dets: np.ndarray) -> bool:
+    """True when a frame's person boxes (M, 5) can all be one person: at most one, or each pair nested (a box with
+    PART_OVERLAP of its area inside the other, e.g. a second box on someone's upper body)."""
+    return all(max(inside_fraction(a, b), inside_fraction(b, a)) >= PART_OVERLAP
+               for i, a in enumerate(dets) for b in dets[i + 1 :])  # fmt: skip
 
 
-def seen_together(persons: list[Track]) -> bool:
-    """True when two of the people are detected in the same frame (a multi-person video)."""
-    frames = [set(p.frames) for p in persons]
-    return any(a & b for i, a in enumerate(frames) for b in frames[i + 1 :])
+def official_boxes(detections: list[np.ndarray]) -> tuple[np.ndarray, list[FrameStatus]]:
+    """The official choice in every frame: the largest person (detection.largest_person), score -1 for nobody."""
+    from .detection import largest_person
+
+    out = np.array([largest_person(d, 1, 1) if len(d) else [0.0, 0.0, 0.0, 0.0, -1.0] for d in detections])
+    statuses: list[FrameStatus] = ["detected" if len(d) else "nobody" for d in detections]
+    return out.reshape(-1, 5), statuses
 
 
-def performer_boxes(detections: list[np.ndarray], choice: PersonChoice, max_gap: int
+def performer_boxes(detections: list[np.ndarray], choice: PersonChoice, fps: float
                     ) -> tuple[np.ndarray, list[FrameStatus]]:  # fmt: skip
-    """Per-frame person boxes [(M_t, 5)] -> the performer's (T, 5) box per frame and each frame's status.
+    """Per-frame person boxes [(M_t, 5)] at `fps` -> the performer's (T, 5) box per frame and each frame's status.
 
-    "detected": the detector's own box of the performer. "nobody": nobody was detected in this frame of a video
-    where no two people are ever seen together: score -1, the official whole-image fallback (as official).
-    "interpolated": the performer was not detected, inside a gap of at most `max_gap` frames between two frames
-    where they were: the box interpolated linearly, its score the lower of the two. "absent": anything else (the
-    caller gives such frames the nearest detected frame's pose). Coordinates of `choice` are in the frames' pixels.
+    When no frame shows two people (`one_in_view` everywhere), this is the official largest-person choice in every
+    frame ("detected"; "nobody": nobody detected, score -1: the official whole-image fallback). Otherwise the tracked performer: "detected": the detector's own box of them;
+    "interpolated": not detected, inside a gap of at most MAX_GAP_SECONDS between two frames where they were: the box
+    interpolated linearly, its score the lower of the two; "absent": anything else (the caller gives such frames the
+    nearest detected frame's pose). Coordinates of `choice` are in the frames' pixels.
     """
     num_frames = len(detections)
-    tracks = link_tracks(detections, max_gap)
+    tracks = link_tracks(detections, fps)
+    chosen = choose_track(tracks, num_frames, choice, fps)  # also checks an index or point against the people found
+    if chosen is None or all(one_in_view(d) for d in detections):
+        return official_boxes(detections)
     out = np.zeros((num_frames, 5))
     out[:, 4] = -1.0
-    statuses: list[FrameStatus] = ["nobody"] * num_frames
-    chosen = choose_track(tracks, num_frames, choice)
-    if chosen is None:
-        return out, statuses
-    persons = people(tracks, num_frames)
-    found = performer_frames(tracks, persons, chosen)
-    official_fallback = not seen_together(persons)
+    statuses: list[FrameStatus] = ["absent"] * num_frames
+    found = chosen.by_frame
+    max_gap = max_gap_frames(fps)
     seen = np.array(sorted(found))
     for t in range(num_frames):
         if t in found:
             out[t], statuses[t] = found[t], "detected"
-            continue
-        if official_fallback and len(detections[t]) == 0:
             continue
         pos = int(np.searchsorted(seen, t))
         if 0 < pos < len(seen) and seen[pos] - seen[pos - 1] - 1 <= max_gap:
@@ -325,8 +375,6 @@ def performer_boxes(detections: list[np.ndarray], choice: PersonChoice, max_gap:
             out[t, :4] = (1 - w) * found[a][:4] + w * found[b][:4]
             out[t, 4] = min(found[a][4], found[b][4])
             statuses[t] = "interpolated"
-        else:
-            statuses[t] = "absent"
     return out, statuses
 
 

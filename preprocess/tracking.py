@@ -6,8 +6,8 @@ the WHOLE video are linked into tracks first (box IoU and centre distance agains
 tracks survive misses of up to MAX_GAP_SECONDS), then one track is the performer for every frame:
 
 - "auto": the most prominent person, the largest sum over its frames of box area x detection score;
-- an index: the people (tracks seen in at least MIN_PERSON_FRACTION of the frames that are not a second box on
-  a more prominent person) numbered left to right by box centre on the first frame where all of them are visible
+- an index: the people (`people`: tracks seen in at least MIN_PERSON_FRACTION of the frames, joined with
+  second boxes on them and with their own later tracks) numbered left to right by box centre on the first frame where all of them are visible
   (by mean centre when they never all are);
 - a point "x,y" or a box "x1,y1,x2,y2" in source pixels: the person whose box holds the point (the smallest box
   when several do) / overlaps the box most, on the first frame where one does.
@@ -36,6 +36,8 @@ MISS_SHIFT_PER_SECOND = 1.5  # ...plus this many per second the track was missed
 MAX_EXTRAPOLATION_SECONDS = 0.5  # a missed track's box moves on at its last velocity for at most this long
 MAX_GAP_SECONDS = 2.0  # a track missed for longer than this ends; shorter gaps in the performer are interpolated
 PART_OVERLAP = 0.7  # a box with this fraction of its area inside another person's box is part of that person
+DUPLICATE_IOU = 0.5  # two boxes overlapping this much in one frame are one person (the official NMS IoU)
+SAME_PLACE_FRACTION = 0.8  # a track on one person in this fraction of the frames both are in is a second box on them
 MAX_SIZE_RATIO = 3.0  # box heights of a track and a detection joining it differ by at most this factor
 MISS_COST_PER_SECOND = 1.0  # added to the matching cost per second a track was missed: recent tracks first
 VELOCITY_SMOOTHING = 0.5  # weight of the newest velocity estimate in the running one
@@ -206,37 +208,42 @@ def inside_fraction(inner: np.ndarray, outer: np.ndarray) -> float:
     return float(iw * ih / area) if iw > 0 and ih > 0 and area > 0 else 0.0
 
 
-def is_part_of(part: Track, whole: Track) -> bool:
-    """True when `part` is a second box on the same person as `whole` (e.g. the upper body of someone whose full
-    body is also detected): on at least half of `part`'s frames both are there and `part` lies inside `whole`."""
-    inside = 0
-    for frame, box in zip(part.frames, part.boxes, strict=True):
-        other = whole.box_at(frame)
-        inside += other is not None and inside_fraction(box, other) >= PART_OVERLAP
-    return inside >= 0.5 * len(part.frames)
+def same_place(a: np.ndarray, b: np.ndarray) -> bool:
+    """True when two boxes in one frame are on one person: IoU >= DUPLICATE_IOU (a duplicate NMS kept), or one has
+    PART_OVERLAP of its area inside the other (e.g. a second box on someone's upper body)."""
+    return box_iou(a, b) >= DUPLICATE_IOU or max(inside_fraction(a, b), inside_fraction(b, a)) >= PART_OVERLAP
 
 
-def _gap_distance(track: Track, person: Track) -> tuple[float, int]:
-    """(distance in box heights, frames apart) from where a person who shares no frame with `track` was last seen
-    before it starts, or next seen after it ends, to the track's box there (the nearer of the two)."""
+def _join_distance(track: Track, person: Track, fps: float) -> float | None:
+    """How far `track` is from being `person` (0: a second box on them), or None when it cannot be them.
+
+    It can be when, on at least SAME_PLACE_FRACTION of the frames both are in, their boxes are `same_place`
+    (distance 0), or when they share no frame and the track starts (ends) within the tracking gate of where the
+    person was last (next) seen: MAX_CENTRE_SHIFT + MISS_SHIFT_PER_SECOND per second apart (the distance in heights).
+    """
+    shared = [f for f in track.frames if f in person.by_frame]
+    if shared:
+        same = sum(same_place(track.box_at(f), person.box_at(f)) for f in shared)
+        return 0.0 if same >= SAME_PLACE_FRACTION * len(shared) else None
+    best = None
     before = [f for f in person.frames if f < track.frames[0]]
     after = [f for f in person.frames if f > track.frames[-1]]
-    pairs = []
-    if before:
-        pairs.append((track.boxes[0], person.box_at(before[-1]), track.frames[0] - before[-1]))
-    if after:
-        pairs.append((track.boxes[-1], person.box_at(after[0]), after[0] - track.frames[-1]))
-    best: tuple[float, int] = (np.inf, 0)
-    for own, theirs, apart in pairs:
-        height = max(own[3] - own[1], theirs[3] - theirs[1], 1.0)
-        best = min(best, (float(np.linalg.norm(box_centre(own) - box_centre(theirs))) / height, apart))
+    ends = [(track.boxes[0], before[-1], track.frames[0] - before[-1])] if before else []
+    ends += [(track.boxes[-1], after[0], after[0] - track.frames[-1])] if after else []
+    for own, frame, apart in ends:
+        theirs = person.box_at(frame)
+        distance = float(np.linalg.norm(box_centre(own) - box_centre(theirs))) / max(
+            own[3] - own[1], theirs[3] - theirs[1], 1.0
+        )
+        if distance <= MAX_CENTRE_SHIFT + MISS_SHIFT_PER_SECOND * apart / fps and (best is None or distance < best):
+            best = distance
     return best
 
 
 def _joined(person: Track, track: Track) -> Track:
-    """One track holding the frames and boxes of both (they share no frame)."""
+    """One track holding the frames of both; where both have a box the person's is kept."""
     out = Track()
-    for frame in sorted(person.frames + track.frames):
+    for frame in sorted(set(person.frames) | set(track.frames)):
         out.frames.append(frame)
         out.boxes.append(person.box_at(frame) if frame in person.by_frame else track.box_at(frame))
         out.by_frame[frame] = out.boxes[-1]
@@ -246,23 +253,14 @@ def _joined(person: Track, track: Track) -> Track:
 def people(tracks: list[Track], num_frames: int, fps: float = 30.0) -> list[Track]:
     """The people in the video, most prominent first, each one track or several joined.
 
-    Tracks are visited most prominent first. A second box on someone already found (`is_part_of`) is dropped; a
-    track that shares no frame with a person found and starts (or ends) within the tracking gate of where they were
-    last (next) seen (MAX_CENTRE_SHIFT + MISS_SHIFT_PER_SECOND per second apart) joins the nearest such person:
-    someone who left and came back. Any other track seen in at least MIN_PERSON_FRACTION of the frames is a new
-    person. Never empty when `tracks` is not.
+    Tracks are visited most prominent first; each joins the nearest person found so far that it can be
+    (`_join_distance`: a second box on them, or them after leaving and coming back), else it is a new person
+    when seen in at least MIN_PERSON_FRACTION of the frames (else dropped). Never empty when `tracks` is not.
     """
     need = max(1, math.ceil(MIN_PERSON_FRACTION * num_frames))
     persons: list[Track] = []
     for tr in sorted(tracks, key=lambda tr: -tr.prominence):
-        if any(is_part_of(tr, p) for p in persons):
-            continue
-        near = []
-        for k, p in enumerate(persons):
-            if not p.by_frame.keys() & tr.by_frame.keys():
-                distance, gap = _gap_distance(tr, p)
-                if distance <= MAX_CENTRE_SHIFT + MISS_SHIFT_PER_SECOND * gap / fps:
-                    near.append((distance, k))
+        near = [(d, k) for k, p in enumerate(persons) if (d := _join_distance(tr, p, fps)) is not None]
         if near:
             k = min(near)[1]
             persons[k] = _joined(persons[k], tr)
@@ -328,10 +326,8 @@ def choose_track(tracks: list[Track], num_frames: int, choice: PersonChoice, fps
 
 
 def one_in_view(dets: np.ndarray) -> bool:
-    """True when a frame's person boxes (M, 5) can all be one person: at most one, or each pair nested (a box with
-    PART_OVERLAP of its area inside the other, e.g. a second box on someone's upper body)."""
-    return all(max(inside_fraction(a, b), inside_fraction(b, a)) >= PART_OVERLAP
-               for i, a in enumerate(dets) for b in dets[i + 1 :])  # fmt: skip
+    """True when a frame's person boxes (M, 5) can all be one person: at most one, or each pair `same_place`."""
+    return all(same_place(a, b) for i, a in enumerate(dets) for b in dets[i + 1 :])
 
 
 def official_boxes(detections: list[np.ndarray]) -> tuple[np.ndarray, list[FrameStatus]]:

@@ -192,3 +192,20 @@ def test_a_performer_who_leaves_and_comes_back_alone_is_followed_again():
     np.testing.assert_array_equal(boxes[125], a + [20, 0, 20, 0, 0])
     other, other_statuses = trk.performer_boxes(frames, trk.PersonChoice("index", 1), FPS)
     assert other_statuses[120:] == ["absent"] * 30  # the one who comes back is not the other person
+
+
+@pytest.mark.parametrize("fps", [5, 10, 15, 24])
+@pytest.mark.parametrize("name", [rec.SMALL, rec.WALK])
+def test_two_people_at_every_frame_rate_and_each_followed(name, fps):
+    """The pipeline tracks at the output rate: the recorded frames resampled to 5-24 fps still give two people,
+    and auto / index 0 / index 1 each stay on one of them without jumps."""
+    idx = [int(i * FPS / fps) for i in range(int(len(rec.detections(name)) * fps / FPS))]
+    dets = [rec.detections(name)[i] for i in idx]
+    assert len(trk.people(trk.link_tracks(dets, fps), len(dets), fps)) == 2
+    auto = "walker" if name == rec.SMALL else "jumper"
+    for choice, expected in ((trk.PersonChoice(), auto), (trk.PersonChoice("index", 0), "jumper"),
+                             (trk.PersonChoice("index", 1), "walker")):  # fmt: skip
+        boxes, statuses = trk.performer_boxes(dets, choice, fps)
+        labels = {rec.who(name, t, boxes[k]) for k, t in enumerate(idx) if statuses[k] == "detected"}
+        assert labels - {"?"} == {expected}, (choice, labels)
+        assert np.abs(np.diff(_centres(name, boxes, statuses))).max() < 0.08

@@ -242,7 +242,7 @@ def _driving_pass(path: Path, indices: list[int], models: PreprocessModels, resi
         poses.extend(metas)
         for j, (frame, meta) in enumerate(zip(frames, metas, strict=True)):
             if performer is not None and performer[1][start + j] == "absent":
-                continue  # someone else is here, not the performer: the nearest face crop is used
+                continue  # the performer is not seen here: the nearest face crop is used
             box = face_box(meta, *frame_hw)
             if box is not None:
                 faces[start + j] = crop_face(frame, box)

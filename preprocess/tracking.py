@@ -1,21 +1,21 @@
-"""One performer through a multi-person driving video: person boxes linked into tracks, one track chosen.
+"""One performer through a multi-person driving video: person boxes linked into tracks, one person chosen.
 
 Not in the official pipeline, which takes the largest detected person in each frame independently, so in a video
 with two people the skeleton can jump from one to the other between frames. Here the detector's person boxes of
-the WHOLE video are linked into tracks first (box IoU and centre distance against a constant-velocity prediction,
-tracks survive misses of up to MAX_GAP_SECONDS), then one track is the performer for every frame:
+the WHOLE video are linked into tracks first (box IoU, centre distance and size against a constant-velocity
+prediction; tracks survive misses of up to MAX_GAP_SECONDS), tracks are grouped into people (`people`: a second
+box on someone, or someone leaving and coming back as a new track, joins them), then one person is the performer
+for every frame:
 
-- "auto": the most prominent person, the largest sum over its frames of box area x detection score;
-- an index: the people (`people`: tracks seen in at least MIN_PERSON_FRACTION of the frames, joined with
-  second boxes on them and with their own later tracks) numbered left to right by box centre on the first frame where all of them are visible
-  (by mean centre when they never all are);
+- "auto": the most prominent person, the largest sum over their frames of box area x detection score;
+- an index: the people seen in at least MIN_PERSON_FRACTION of the frames, numbered left to right by box centre
+  on the first frame where all of them are visible (by mean centre when they never all are);
 - a point "x,y" or a box "x1,y1,x2,y2" in source pixels: the person whose box holds the point (the smallest box
   when several do) / overlaps the box most, on the first frame where one does.
 
-A person can be several tracks: one that shares no frame with a person and starts near where they were last seen
-joins them (someone leaving and coming back is a new track), see `people`. A video in which no frame shows two people (every frame's boxes are
-one box, or nested ones such as a second box on someone's upper body) keeps the official choice in every frame:
-a single-person video gives the official output.
+A video in which no frame shows two people side by side (every frame has one box, or boxes on one place such as
+a second box on someone's upper body: `one_in_view`) keeps the official choice in every frame, so a single-person
+video gives the official output.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Literal
 import numpy as np
 
 from ..errors import InputError
+from .detection import largest_person
 
 MIN_PERSON_FRACTION = 0.1  # a track detected in fewer frames than this fraction is not counted as a person
 MIN_IOU = 0.2  # a detection overlapping a track's predicted box this much may join it...
@@ -332,8 +333,6 @@ def one_in_view(dets: np.ndarray) -> bool:
 
 def official_boxes(detections: list[np.ndarray]) -> tuple[np.ndarray, list[FrameStatus]]:
     """The official choice in every frame: the largest person (detection.largest_person), score -1 for nobody."""
-    from .detection import largest_person
-
     out = np.array([largest_person(d, 1, 1) if len(d) else [0.0, 0.0, 0.0, 0.0, -1.0] for d in detections])
     statuses: list[FrameStatus] = ["detected" if len(d) else "nobody" for d in detections]
     return out.reshape(-1, 5), statuses
@@ -344,10 +343,11 @@ def performer_boxes(detections: list[np.ndarray], choice: PersonChoice, fps: flo
     """Per-frame person boxes [(M_t, 5)] at `fps` -> the performer's (T, 5) box per frame and each frame's status.
 
     When no frame shows two people (`one_in_view` everywhere), this is the official largest-person choice in every
-    frame ("detected"; "nobody": nobody detected, score -1: the official whole-image fallback). Otherwise the tracked performer: "detected": the detector's own box of them;
-    "interpolated": not detected, inside a gap of at most MAX_GAP_SECONDS between two frames where they were: the box
-    interpolated linearly, its score the lower of the two; "absent": anything else (the caller gives such frames the
-    nearest detected frame's pose). Coordinates of `choice` are in the frames' pixels.
+    frame ("detected"; "nobody": nobody detected, score -1: the official whole-image fallback). Otherwise the tracked
+    performer: "detected": the detector's own box of them; "interpolated": not detected, inside a gap of at most
+    MAX_GAP_SECONDS between two frames where they were: the box interpolated linearly, its score the lower of the
+    two; "absent": anything else, score -1 (the caller gives such frames the nearest present frame's pose).
+    Coordinates of `choice` are in the frames' pixels.
     """
     num_frames = len(detections)
     tracks = link_tracks(detections, fps)

@@ -246,6 +246,15 @@ class AppInput(BaseAppInput):
         description="Replacement: the mask becomes a grid of filled cells over the person's box; 1x1 = whole box.",
     )  # fmt: skip
     mask_h_subdivisions: int = Field(default=1, ge=1, le=32, description="Replacement: see mask_w_subdivisions.")
+    person: str = Field(
+        default="auto", max_length=100,
+        description="Who performs when the driving video shows several people (followed through the whole video; "
+        "their skeleton, face and, in replacement mode, mask). 'auto' = the most prominent person over the clip "
+        "(largest box x confidence, summed over frames). '0', '1', ... = people numbered left to right on the first "
+        "frame where all are visible. 'x,y' = the person at that point, 'x1,y1,x2,y2' = the person in that box, in "
+        "pixels of the driving video, on the first frame where someone is there. One-person videos: no effect.",
+        examples=["auto", "1", "640,360", "500,100,900,700"],
+    )  # fmt: skip
     return_debug_videos: bool = Field(
         default=False, description="Also return the skeleton, face-crop and (replacement) mask videos."
     )
@@ -320,6 +329,14 @@ class AppInput(BaseAppInput):
         if value != -1 and not (1 <= value <= LIMITS.max_fps):
             raise ValueError(f"fps must be -1 (keep the source rate) or between 1 and {LIMITS.max_fps}")
         return value
+
+    @field_validator("person", mode="before")
+    @classmethod
+    def _person_valid(cls, value: Any) -> str:
+        from .preprocess.tracking import parse_person
+
+        parse_person(value)  # InputError (a ValueError) naming `person` and what it accepts
+        return "auto" if value is None else str(value).strip()
 
     @field_validator("clip_len")
     @classmethod

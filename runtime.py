@@ -327,6 +327,7 @@ def preprocess_options(inp: AppInput) -> Any:
         mask_kernel_size=inp.mask_kernel_size,
         mask_w_subdivisions=inp.mask_w_subdivisions,
         mask_h_subdivisions=inp.mask_h_subdivisions,
+        person=inp.person,
     )
 
 

@@ -301,7 +301,7 @@ def instrumentation(models: Any, clock: StageClock) -> list[tuple[Any, str, Any]
         (pipeline, "fill_missing_faces", clock.wrap(FACE, pipeline.fill_missing_faces)),
         (pipeline, "_draw", clock.wrap(SKELETON, pipeline._draw)),
         (pipeline, "_draw_letterboxed", clock.wrap(SKELETON, pipeline._draw_letterboxed)),
-        (estimator, "detector", clock.wrap(DETECTION, det, gpu=True)),
+        (det, "detect_all", clock.wrap(DETECTION, det.detect_all, gpu=True)),  # every person box of a frame
         (estimator, "pose", clock.wrap(POSE, pose_model, gpu=True)),
         (det.runner, "session", TimedSession(det.runner.session, clock, det_parts[1])),
         (pose_model.runner, "session", TimedSession(pose_model.runner.session, clock, pose_parts[1])),

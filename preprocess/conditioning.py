@@ -26,6 +26,9 @@ class PreprocessOptions:
     mask_kernel_size: int = 7
     mask_w_subdivisions: int = 1
     mask_h_subdivisions: int = 1
+    # Who performs in a multi-person video (preprocess/tracking.py: parse_person): "auto" (the most prominent
+    # person over the clip), an index left to right ("0", "1"...), a point "x,y" or a box "x1,y1,x2,y2".
+    person: str = "auto"
 
 
 @dataclass

@@ -40,6 +40,10 @@ class PersonDetector(Protocol):
         """(N, H, W, 3) uint8 RGB -> (N, 5) float64 x1, y1, x2, y2, score; score -1 = nobody (whole frame)."""
         ...
 
+    def detect_all(self, frames: np.ndarray) -> list[np.ndarray]:
+        """(N, H, W, 3) uint8 RGB -> per frame (M, 5) float64 x1, y1, x2, y2, score of EVERY person (M may be 0)."""
+        ...
+
 
 def default_providers() -> Providers:
     """CUDA first when this onnxruntime build has it, CPU always as fallback."""
@@ -283,6 +287,20 @@ def select_largest_person(dets: np.ndarray) -> np.ndarray | None:
     return None if best is None else np.asarray(best[:5], dtype=np.float64)
 
 
+def person_boxes(dets: np.ndarray) -> np.ndarray:
+    """(M, 6) detections -> (P, 5) x1, y1, x2, y2, score of the persons `select_largest_person` chooses among
+    (class person, score > 0.05), in the same (NMS) order."""
+    persons = [d[:5] for d in dets if int(d[5]) == PERSON_CLASS and d[4] > CONF_THRESHOLD]
+    return np.asarray(persons, dtype=np.float64).reshape(-1, 5)
+
+
+def largest_person(persons: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(P, 5) person boxes in NMS order -> (5,) the official choice among them, or the whole-frame fallback."""
+    rows = np.concatenate([persons, np.full((len(persons), 1), float(PERSON_CLASS))], axis=1)
+    box = select_largest_person(rows)
+    return fallback_box(height, width) if box is None else box
+
+
 class OnnxPersonDetector:
     """The released YOLOv10m detector (`process_checkpoint/det/yolov10m.onnx`) with official pre/post-processing."""
 
@@ -295,11 +313,15 @@ class OnnxPersonDetector:
         return np.concatenate([self.runner.run(detector_inputs(frames[start : start + self.runner.batch]))
                                for start in range(0, len(frames), self.runner.batch)])  # fmt: skip
 
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8 RGB -> (N, 5) x1, y1, x2, y2, score per frame (official fallback when nobody)."""
+    def detect_all(self, frames: np.ndarray) -> list[np.ndarray]:
+        """(N, H, W, 3) uint8 RGB -> per frame (P, 5) x1, y1, x2, y2, score of every person, NMS order (for tracking)."""
         height, width = frames.shape[1:3]
-        boxes = np.zeros((len(frames), 5))
-        for i, out in enumerate(self.raw_outputs(frames)):
-            box = select_largest_person(decode_end2end(out, height, width))
-            boxes[i] = fallback_box(height, width) if box is None else box
-        return boxes
+        return [person_boxes(decode_end2end(out, height, width)) for out in self.raw_outputs(frames)]
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 RGB -> (N, 5) x1, y1, x2, y2, score per frame: the official largest person (official
+        fallback when nobody)."""
+        height, width = frames.shape[1:3]
+        boxes = [largest_person(p, height, width) for p in self.detect_all(frames)]
+        return np.stack(boxes) if boxes else np.zeros((0, 5))
+

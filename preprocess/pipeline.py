@@ -35,11 +35,13 @@ import numpy as np
 from ..errors import InputError, check_cancel
 from ..limits import LIMITS
 from .conditioning import Conditioning, PreprocessOptions
-from .face import FACE_SIZE, crop_face, face_box, fill_missing_faces
+from .detection import fallback_box
+from .face import FACE_SIZE, crop_face, face_box, fill_missing_faces, nearest_good
 from .frame_threads import map_frames
 from .pose import PoseEstimator, fill_invalid_bodies
 from .pose_meta import PoseMeta
 from .skeleton import render_pose
+from .tracking import PersonChoice, parse_person, performer_boxes, scale_choice
 from .video_io import (
     VideoInfo,
     check_frame_shape,
@@ -78,6 +80,7 @@ class _DrivingPass:
     frames: np.ndarray | None  # (T, H, W, 3) uint8, replacement mode only (resized frames)
     edit_frame: np.ndarray | None  # the frame FLUX edits for retargeting (official: the second one)
     frame_hw: tuple[int, int]  # size of the frames the poses refer to
+    present: np.ndarray | None = None  # (T,) bool: the performer is in the frame; None: not tracked (official)
 
 
 class _Timer:
@@ -168,12 +171,64 @@ def _chunks(path: Path, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
         start += len(frames)
 
 
+def _tracks_people(estimator: PoseEstimator) -> bool:
+    """True for estimators that can detect everyone first and estimate a chosen box later (WholeBodyPoseEstimator);
+    others pick a person per frame themselves."""
+    return callable(getattr(estimator, "detect_people", None)) and callable(getattr(estimator, "estimate", None))
+
+
+def _performer(path: Path, indices: list[int], estimator: Any, resize_area: int | None, person: PersonChoice,
+               fps: float, log: logging.Logger, should_cancel: Callable[[], bool] | None = None
+               ) -> tuple[np.ndarray, list[str]]:  # fmt: skip
+    """Detection over the whole video, then one performer followed through it: (T, 5) boxes and frame statuses
+    (tracking.performer_boxes). A point/box `person` is in source pixels; the frames may be resized."""
+    detections: list[np.ndarray] = []
+    scale = (1.0, 1.0)  # frame pixels per source pixel, x and y
+    for start, frames in _chunks(path, indices):
+        check_cancel(should_cancel, f"during person detection (frame {start} of {len(indices)})")
+        if resize_area is not None:
+            resized = np.stack([resize_by_area(f, resize_area) for f in frames])
+            scale = (resized.shape[2] / frames.shape[2], resized.shape[1] / frames.shape[1])
+            frames = resized
+        detections.extend(estimator.detect_people(frames))
+    boxes, statuses = performer_boxes(detections, scale_choice(person, *scale), fps)
+    boxes[boxes[:, 4] <= 0] = fallback_box(*frames.shape[1:3])  # nobody / absent: the official whole-frame box
+    counts = {s: statuses.count(s) for s in ("detected", "interpolated", "absent", "nobody")}
+    log.info(
+        "preprocess: performer (person=%s) detected in %d frames, box interpolated in %d, absent in %d, "
+        "nobody detected in %d",
+        person.kind if person.kind != "index" else person.index,
+        *counts.values(),
+    )
+    return boxes, statuses
+
+
+def _fill_absent(poses: list[PoseMeta], present: np.ndarray) -> list[PoseMeta]:
+    """Frames without the performer take the nearest frame's pose that has them, marked as not detected there."""
+    if present.all() or not present.any():
+        return poses
+    source = nearest_good(present)
+    for i in np.flatnonzero(~present):
+        meta = poses[int(source[i])].copy()
+        meta.person_box = np.array([0.0, 0.0, meta.width, meta.height, -1.0])
+        poses[i] = meta
+    return poses
+
+
 def _driving_pass(path: Path, indices: list[int], models: PreprocessModels, resize_area: int | None,
-                  keep_edit_frame: bool, log: logging.Logger,
-                  should_cancel: Callable[[], bool] | None = None) -> _DrivingPass:  # fmt: skip
+                  keep_edit_frame: bool, log: logging.Logger, person: PersonChoice | None = None,
+                  fps: float = 30.0, should_cancel: Callable[[], bool] | None = None) -> _DrivingPass:  # fmt: skip
     """Decode, (replacement: resize and keep), estimate poses and crop faces, one chunk at a time (a cancel is
-    checked before each chunk)."""
+    checked before each chunk).
+
+    With an estimator that tracks (`_tracks_people`), a first pass detects everyone in every frame and chooses
+    the performer (`person`), and the poses are then estimated on that person's box in each frame.
+    """
     total = len(indices)
+    estimator = models.pose_estimator
+    performer = None
+    if _tracks_people(estimator):
+        performer = _performer(path, indices, estimator, resize_area, person or PersonChoice(), fps, log, should_cancel)
     poses: list[PoseMeta] = []
     faces = np.zeros((total, FACE_SIZE, FACE_SIZE, 3), np.uint8)
     has_face = np.zeros(total, bool)
@@ -190,9 +245,14 @@ def _driving_pass(path: Path, indices: list[int], models: PreprocessModels, resi
                 kept = np.empty((total, *frames.shape[1:]), np.uint8)
             kept[start : start + len(frames)] = frames
         frame_hw = frames.shape[1:3]
-        metas = models.pose_estimator(frames)
+        if performer is None:
+            metas = estimator(frames)
+        else:
+            metas = estimator.estimate(frames, performer[0][start : start + len(frames)])
         poses.extend(metas)
         for j, (frame, meta) in enumerate(zip(frames, metas, strict=True)):
+            if performer is not None and performer[1][start + j] == "absent":
+                continue  # the performer is not seen here: the nearest face crop is used
             box = face_box(meta, *frame_hw)
             if box is not None:
                 faces[start + j] = crop_face(frame, box)
@@ -204,10 +264,14 @@ def _driving_pass(path: Path, indices: list[int], models: PreprocessModels, resi
         if done == total or (start // POSE_CHUNK) % 8 == 7:  # progress every 256 frames
             eta = (time.perf_counter() - began) / done * (total - done)
             log.info("preprocess: poses and faces for %d of %d frames (about %.0f s left)", done, total, eta)
+    present = None
+    if performer is not None:
+        present = np.array([s != "absent" for s in performer[1]])
+        poses = _fill_absent(poses, present)
     poses = fill_invalid_bodies(poses)
     _require_person(poses)
     fill_missing_faces(faces, has_face, log)
-    return _DrivingPass(poses, faces, kept, edit_frame, (int(frame_hw[0]), int(frame_hw[1])))
+    return _DrivingPass(poses, faces, kept, edit_frame, (int(frame_hw[0]), int(frame_hw[1])), present)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -281,7 +345,10 @@ def _animation(driving: Path, reference_img: np.ndarray, indices: list[int], fps
     retarget = options.retarget_flag
     if options.use_flux and not retarget:
         log.warning("use_flux only applies with retarget_flag=true (official); ignoring it")
-    drive = _driving_pass(driving, indices, models, None, retarget and options.use_flux, log, should_cancel)
+    drive = _driving_pass(
+        driving, indices, models, None, retarget and options.use_flux, log, parse_person(options.person), fps,
+        should_cancel,
+    )
     timer.done("poses+faces", f"{len(indices)} frames at {drive.frame_hw[1]}x{drive.frame_hw[0]}")
     check_cancel(should_cancel, "after pose estimation")
     if retarget:
@@ -304,14 +371,19 @@ def _replacement(driving: Path, reference_img: np.ndarray, info: VideoInfo, indi
         log.warning("retarget_flag/use_flux are not used in replacement mode (official); ignoring them")
     area = options.resolution_width * options.resolution_height
     width, height = target_size(info.width, info.height, area)  # the output size is the video's
-    drive = _driving_pass(driving, indices, models, area, False, log, should_cancel)
+    drive = _driving_pass(driving, indices, models, area, False, log, parse_person(options.person), fps,
+                          should_cancel)
     assert drive.frames is not None and drive.frame_hw == (height, width)
     timer.done("poses+faces", f"{len(indices)} frames resized to {width}x{height}")
     reference = letterbox(reference_img, height, width)  # official padding_resize (bilinear)
     pose_frames = _draw(drive.poses, (height, width))
     timer.done("skeletons")
     check_cancel(should_cancel, "before the person masks")
-    masks = person_masks(drive.frames, drive.poses, models.segmenter, should_cancel=should_cancel)
+    click_poses = drive.poses  # SAM2 is prompted at the performer's keypoints, never where they are absent
+    if drive.present is not None:
+        click_poses = [pose if here else PoseMeta.empty(pose.width, pose.height)
+                       for pose, here in zip(drive.poses, drive.present, strict=True)]  # fmt: skip
+    masks = person_masks(drive.frames, click_poses, models.segmenter, should_cancel=should_cancel)
     if options.mask_iterations > 0:  # official: dilation and grid only when iterations > 0
         masks = refine_masks(
             masks,
@@ -340,6 +412,7 @@ def preprocess(driving_video: Path, reference_image: Path, options: PreprocessOp
     should_cancel() is asked between stages, per pose chunk and per SAM2 chunk; True raises errors.Cancelled."""
     timer = _Timer(log)
     driving_video, reference_image = Path(driving_video), Path(reference_image)
+    parse_person(options.person)  # a bad `person` fails before anything is decoded
     info = probe_video(driving_video)
     _check_video(info)
     fps = info.fps if options.fps == -1 else float(options.fps)

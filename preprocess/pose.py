@@ -325,14 +325,27 @@ class OnnxWholeBodyPose:
 
 
 class WholeBodyPoseEstimator:
-    """Detector (largest person per frame) + ViTPose whole-body: the official pose path."""
+    """Detector + ViTPose whole-body: the official pose path.
+
+    Called on frames it takes the largest person per frame (official; used for single images such as the
+    reference). For a driving video the pipeline calls `detect_people` on every frame first, chooses one performer
+    over the whole video (preprocess/tracking.py), then `estimate` with that person's box per frame.
+    """
 
     def __init__(self, detector: PersonDetector, pose: OnnxWholeBodyPose) -> None:
         self.detector = detector
         self.pose = pose
 
-    def __call__(self, frames: np.ndarray) -> list[PoseMeta]:
+    def detect_people(self, frames: np.ndarray) -> list[np.ndarray]:
+        """(N, H, W, 3) uint8 RGB -> per frame (M, 5) x1, y1, x2, y2, score of every detected person."""
+        return self.detector.detect_all(frames)
+
+    def estimate(self, frames: np.ndarray, boxes: np.ndarray) -> list[PoseMeta]:
+        """(N, H, W, 3) uint8 RGB + (N, 5) person boxes (score <= 0: whole image) -> one PoseMeta per frame."""
         height, width = frames.shape[1:3]
-        boxes = self.detector(frames)
         kps = self.pose(frames, boxes)
         return [wholebody_to_pose_meta(k, width, height, person_box=b) for k, b in zip(kps, boxes, strict=True)]
+
+    def __call__(self, frames: np.ndarray) -> list[PoseMeta]:
+        return self.estimate(frames, self.detector(frames))
+

@@ -158,7 +158,7 @@ def test_animation_skeleton_and_faces_follow_the_walker(frames):
 def test_replacement_picks_the_other_person_masks_and_skeleton_follow(monkeypatch, person):
     seen = {}
 
-    def person_masks(frames, poses, segmenter):
+    def person_masks(frames, poses, segmenter, should_cancel=None):
         seen["poses"] = poses
         return np.ones(frames.shape[:3], np.uint8)
 

@@ -229,9 +229,9 @@ def test_person_input_in_the_schema_and_options():
 def test_onnx_detector_gives_every_person_and_the_estimator_runs_the_tracked_path(tmp_path):
     """The released-model classes (tiny graphs): detect_all = every person in NMS order, no other class;
     __call__ = the official largest; WholeBodyPoseEstimator's detect_people/estimate drive preprocess()."""
-    from tiny_onnx import write_detector, write_vitpose
     from wan_animate.preprocess.detection import OnnxPersonDetector
     from wan_animate.preprocess.pose import OnnxWholeBodyPose
+    from wan_animate.preprocess.smoke_models import write_detector, write_vitpose
 
     rows = np.array([[320, 64, 576, 640, 0.9, 0], [0, 0, 50, 50, 0.8, 2], [64, 128, 256, 640, 0.7, 0]], np.float32)
     detector = OnnxPersonDetector(write_detector(tmp_path / "det.onnx", rows), providers=["CPUExecutionProvider"])

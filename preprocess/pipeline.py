@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from .frame_threads import map_frames
 from .pose import PoseEstimator, fill_invalid_bodies
 from .pose_meta import PoseMeta
 from .skeleton import render_pose
+from .video_decode import Transform, frame_indices_by_time
 from .video_io import (
     VideoInfo,
     frame_indices_for_fps,
@@ -46,6 +48,7 @@ from .video_io import (
     load_image,
     official_frame_count,
     probe_video,
+    read_frames,
     resize_by_area,
     target_size,
     write_video,
@@ -54,6 +57,9 @@ from .video_io import (
 logger = logging.getLogger("wan_animate.preprocess")
 
 POSE_CHUNK = 32  # frames decoded and pose-estimated per step
+# Animation mode: driving frames above this many pixels (and above the output area) are reduced as they are decoded,
+# so memory follows the working size, not the upload's (a 4K frame is 25 MB); poses are mapped back to the source size.
+ANIMATION_WORK_AREA = 1920 * 1080
 
 
 @dataclass
@@ -115,8 +121,10 @@ def _check_video(info: VideoInfo) -> None:
 
 def _frame_indices(info: VideoInfo, fps: float) -> list[int]:
     """Source frames to decode for the requested fps (official rule), checked against the frame limit."""
-    count = official_frame_count(info)
-    indices = frame_indices_for_fps(count, info.fps, fps)
+    if info.variable_rate:  # frame i is not at i / fps: pick frames by their timestamps
+        indices = frame_indices_by_time(info.frame_times, info.duration, info.fps if fps == -1 else fps)
+    else:
+        indices = frame_indices_for_fps(official_frame_count(info), info.fps, fps)
     # The official count can exceed what the decoder has (when the container under-reports): clip.
     indices = [min(i, info.frames - 1) for i in indices]
     if not indices:
@@ -157,16 +165,58 @@ def _reference_pose(models: PreprocessModels, reference: np.ndarray) -> PoseMeta
 # the pass over the driving video
 
 
-def _chunks(path: Path, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+def _chunks(path: Path, indices: list[int], transform: Transform | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, (n, h, w, 3) frames) for each chunk, each frame reduced by `transform` as it is decoded."""
     start = 0
-    for frames in iter_frames(path, indices, chunk=POSE_CHUNK):
+    for frames in iter_frames(path, indices, chunk=POSE_CHUNK, transform=transform):
         yield start, frames
         start += len(frames)
 
 
+def working_size(width: int, height: int, area: int) -> tuple[int, int]:
+    """(w, h) animation mode estimates poses and crops faces at: the source size when it is at most
+    max(area, ANIMATION_WORK_AREA) pixels, else the source scaled to that area, aspect kept (not letterboxed)."""
+    limit = max(area, ANIMATION_WORK_AREA)
+    if width * height <= limit:
+        return width, height
+    scale = (limit / (width * height)) ** 0.5
+    return max(int(width * scale), 1), max(int(height * scale), 1)
+
+
+def _shrink_to(width: int, height: int) -> Transform:
+    """Per-frame reduction to width x height (INTER_AREA, the filter the official resize uses to shrink)."""
+    return lambda frame: cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _to_source(metas: list[PoseMeta], work_hw: tuple[int, int], source_hw: tuple[int, int]) -> list[PoseMeta]:
+    """Poses found in frames reduced to work_hw, in the pixels of the source_hw frames."""
+    sx, sy = source_hw[1] / work_hw[1], source_hw[0] / work_hw[0]
+    return [_scaled_pose(m, sx, sy, source_hw[1], source_hw[0]) for m in metas]
+
+
+def _scaled_pose(meta: PoseMeta, sx: float, sy: float, width: int, height: int) -> PoseMeta:
+    """A pose found in a reduced frame, in the pixel coordinates of the width x height source frame."""
+    scaled = meta.copy()
+    for points in (scaled.body, scaled.left_hand, scaled.right_hand, scaled.face):
+        points[:, 0] *= sx
+        points[:, 1] *= sy
+    for box in (scaled.person_box, scaled.face_box):
+        if box is not None:
+            box[[0, 2]] *= sx
+            box[[1, 3]] *= sy
+    scaled.width, scaled.height = width, height
+    return scaled
+
+
 def _driving_pass(path: Path, indices: list[int], models: PreprocessModels, resize_area: int | None,
-                  keep_edit_frame: bool, log: logging.Logger) -> _DrivingPass:  # fmt: skip
-    """Decode, (replacement: resize and keep), estimate poses and crop faces, one chunk at a time."""
+                  keep_edit_frame: bool, log: logging.Logger, work_hw: tuple[int, int] | None = None,
+                  source_hw: tuple[int, int] | None = None) -> _DrivingPass:  # fmt: skip
+    """Decode, (replacement: resize and keep), estimate poses and crop faces, one chunk at a time.
+
+    Frames are reduced as they are decoded: replacement mode to the output size (official resize_by_area), animation
+    mode to `work_hw` when it is smaller than `source_hw` (poses are then mapped back to the source's pixels, so the
+    skeletons are drawn as for the full-size frames; face crops come from the reduced frames).
+    """
     total = len(indices)
     poses: list[PoseMeta] = []
     faces = np.zeros((total, FACE_SIZE, FACE_SIZE, 3), np.uint8)
@@ -174,15 +224,20 @@ def _driving_pass(path: Path, indices: list[int], models: PreprocessModels, resi
     kept: np.ndarray | None = None
     edit_frame: np.ndarray | None = None
     frame_hw = (0, 0)
-    for start, frames in _chunks(path, indices):
+    reduced = resize_area is None and work_hw is not None and source_hw is not None and work_hw != source_hw
+    transform: Transform | None = None
+    if resize_area is not None:
+        transform = partial(resize_by_area, area=resize_area)
+    elif reduced:
+        transform = _shrink_to(work_hw[1], work_hw[0])
+    for start, frames in _chunks(path, indices, transform):
         if resize_area is not None:
-            frames = np.stack([resize_by_area(f, resize_area) for f in frames])
             if kept is None:
                 kept = np.empty((total, *frames.shape[1:]), np.uint8)
             kept[start : start + len(frames)] = frames
         frame_hw = frames.shape[1:3]
         metas = models.pose_estimator(frames)
-        poses.extend(metas)
+        poses.extend(metas if not reduced else _to_source(metas, frame_hw, source_hw))
         for j, (frame, meta) in enumerate(zip(frames, metas, strict=True)):
             box = face_box(meta, *frame_hw)
             if box is not None:
@@ -194,6 +249,10 @@ def _driving_pass(path: Path, indices: list[int], models: PreprocessModels, resi
         done = start + len(frames)
         if done == total or (start // POSE_CHUNK) % 8 == 7:  # progress every 256 frames
             log.info("preprocess: poses and faces for %d of %d frames", done, total)
+    if reduced:
+        frame_hw = source_hw  # the poses are in the source's pixels
+        if keep_edit_frame:  # FLUX edits the frame at the size the poses refer to: decode that one frame again
+            edit_frame = read_frames(path, [indices[min(1, total - 1)]])[0]
     poses = fill_invalid_bodies(poses)
     _require_person(poses)
     fill_missing_faces(faces, has_face, log)
@@ -259,16 +318,20 @@ def _retargeted(drive: _DrivingPass, reference: np.ndarray, options: PreprocessO
 # modes
 
 
-def _animation(driving: Path, reference_img: np.ndarray, indices: list[int], fps: float, options: PreprocessOptions,
-               models: PreprocessModels, log: logging.Logger, timer: _Timer) -> Conditioning:  # fmt: skip
+def _animation(driving: Path, reference_img: np.ndarray, info: VideoInfo, indices: list[int], fps: float,
+               options: PreprocessOptions, models: PreprocessModels, log: logging.Logger, timer: _Timer
+               ) -> Conditioning:  # fmt: skip
     area = options.resolution_width * options.resolution_height
     reference = resize_by_area(reference_img, area)  # the output size is the reference's
     out_hw = (int(reference.shape[0]), int(reference.shape[1]))
     retarget = options.retarget_flag
     if options.use_flux and not retarget:
         log.warning("use_flux only applies with retarget_flag=true (official); ignoring it")
-    drive = _driving_pass(driving, indices, models, None, retarget and options.use_flux, log)
-    timer.done("poses+faces", f"{len(indices)} frames at {drive.frame_hw[1]}x{drive.frame_hw[0]}")
+    work_w, work_h = working_size(info.width, info.height, area)
+    drive = _driving_pass(driving, indices, models, None, retarget and options.use_flux, log,
+                          work_hw=(work_h, work_w), source_hw=(info.height, info.width))  # fmt: skip
+    reduced = f" (poses found at {work_w}x{work_h})" if (work_w, work_h) != (info.width, info.height) else ""
+    timer.done("poses+faces", f"{len(indices)} frames at {drive.frame_hw[1]}x{drive.frame_hw[0]}{reduced}")
     if retarget:
         pose_frames = _draw(_retargeted(drive, reference, options, models, timer), out_hw)
     else:
@@ -330,7 +393,7 @@ def preprocess(driving_video: Path, reference_image: Path, options: PreprocessOp
                          f"{len(indices)} frames at {fps:g} fps; reference {reference_img.shape[1]}x"
                          f"{reference_img.shape[0]}")  # fmt: skip
     if options.mode == "animation":
-        cond = _animation(driving_video, reference_img, indices, fps, options, models, log, timer)
+        cond = _animation(driving_video, reference_img, info, indices, fps, options, models, log, timer)
     elif options.mode == "replacement":
         cond = _replacement(driving_video, reference_img, info, indices, fps, options, models, log, timer)
     else:

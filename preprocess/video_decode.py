@@ -53,6 +53,20 @@ class VideoInfo:
         return bool(drift.max() * self.fps > VFR_TOLERANCE)
 
 
+def frame_indices_by_time(frame_times: Sequence[float], duration: float, target_fps: float) -> list[int]:
+    """Source frame for each output frame at `target_fps` by timestamps (variable-frame-rate videos).
+
+    int(duration * target_fps) output frames (the official count for a constant rate); output frame i takes the
+    frame whose presentation time is nearest to i / target_fps (the earlier one on ties), not frame round(i * fps).
+    """
+    times = np.asarray(frame_times, np.float64)
+    wanted = np.arange(int(duration * target_fps + 1e-9)) / target_fps
+    after = np.clip(np.searchsorted(times, wanted), 0, len(times) - 1)
+    before = np.clip(after - 1, 0, len(times) - 1)
+    earlier = np.abs(wanted - times[before]) <= np.abs(times[after] - wanted) + 1e-9  # ties: the earlier
+    return [int(i) for i in np.where(earlier, before, after)]
+
+
 def _unreadable(field: str, error: BaseException | str) -> InputError:
     what = error if isinstance(error, str) else type(error).__name__
     return InputError("unreadable_video", field,
@@ -94,9 +108,12 @@ def _packet_pts(container, stream) -> list[int | None]:
     return pts
 
 
-def _sorted_pts(raw: list[int | None]) -> np.ndarray | None:
-    """Packet timestamps in presentation order, or None when the container gives none (frames counted instead)."""
-    if not raw or any(p is None for p in raw):
+def _sorted_pts(raw: list[int | None], container) -> np.ndarray | None:
+    """Packet timestamps in presentation order, or None when the container has no real ones (frames are counted).
+
+    AVI stores decode times only (libavformat makes up pts = dts + 1 when there are B-frames), raw streams none.
+    """
+    if not raw or any(p is None for p in raw) or "avi" in container.format.name.split(","):
         return None
     return np.sort(np.asarray(raw, np.int64))
 
@@ -137,7 +154,7 @@ def probe_video(path: Path, field: str = VIDEO_FIELD) -> VideoInfo:
         raise _unreadable(field, error) from error
     finally:
         container.close()
-    pts = _sorted_pts(raw)
+    pts = _sorted_pts(raw, container)
     if pts is None:
         times: tuple[float, ...] = ()
         duration = frames / fps
@@ -197,20 +214,20 @@ def _decode_sorted(path: Path, wanted: Sequence[int], transform: Transform | Non
     """
     container, stream = _open(path, field)
     raw = _packet_pts(container, stream)
+    pts = _sorted_pts(raw, container)
     container.close()
     max_bad = max(3, int(len(raw) * BAD_PACKET_SHARE))
-    pts = _sorted_pts(raw)
     container, stream = _open(path, field)  # reopened rather than seeked: some containers cannot seek
     try:
         frames = _decoded(container, stream, field, max_bad)
         count = 0  # frames decoded so far: the key when the container gives no timestamps
-
         def key(frame) -> int:
+            """The frame's timestamp (its place in the sorted packet timestamps); its count when there are none."""
             nonlocal count
             count += 1
-            if pts is None or frame.pts is None:
+            if pts is None:
                 return count - 1
-            return int(frame.pts)
+            return int(frame.pts) if frame.pts is not None else int(pts[min(count - 1, len(pts) - 1)])
 
         prev = cur = None  # (key, frame)
         first = next(frames, None)

@@ -82,6 +82,11 @@ def _open(path: Path, field: str):
         raise InputError("file_not_found", field, f"no such file: {path}")
     if path.stat().st_size == 0:
         raise InputError("empty_file", field, "the file is empty (0 bytes); upload the file again")
+    if av.logging.get_level() is not None:
+        # PyAV's Python log callback (torchvision installs it on import) deadlocks frame-threaded decoding: a decoder
+        # thread that logs waits for the GIL, which the main thread holds while it closes the codec and waits for that
+        # thread. Decoding errors reach us as exceptions, so FFmpeg's log is not needed.
+        av.logging.set_level(None)
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as error:
@@ -250,6 +255,16 @@ def _decode_sorted(path: Path, wanted: Sequence[int], transform: Transform | Non
         container.close()
 
 
+def _collect(frames: Iterator[np.ndarray], count: int) -> np.ndarray:
+    """The next `count` frames written into one new (count, h, w, 3) array (no list of frames, then a copy)."""
+    first = next(frames)
+    out = np.empty((count, *first.shape), np.uint8)
+    out[0] = first
+    for k in range(1, count):
+        out[k] = next(frames)
+    return out
+
+
 def iter_frames(path: Path, indices: Sequence[int], chunk: int = READ_CHUNK, field: str = VIDEO_FIELD,
                 timeout_s: float = LIMITS.decode_timeout_s, transform: Transform | None = None
                 ) -> Iterator[np.ndarray]:  # fmt: skip
@@ -285,11 +300,9 @@ def iter_frames(path: Path, indices: Sequence[int], chunk: int = READ_CHUNK, fie
                         "video as H.264 at a lower resolution or make it shorter",
                     )  # fmt: skip
                 began = time.perf_counter()
-                source = pending if pending is not None else decoder
-                batch = [next(source) for _ in range(min(chunk, len(group) - start))]
+                batch = _collect(pending if pending is not None else decoder, min(chunk, len(group) - start))
                 decode_s += time.perf_counter() - began
-                yield np.stack(batch)
-                del batch
+                yield batch
         finally:
             decoder.close()
 

@@ -176,3 +176,16 @@ def test_truncated_video_decodes_what_is_there_or_says_why(videos, tmp_path):
             assert error.field == "driving_video"
         else:
             assert 0 < len(frames) <= N and frames.shape[1:] == (H, W, 3)
+
+
+def test_decoding_turns_off_pyav_log_callback(videos):
+    """torchvision (imported by the app) installs PyAV's Python log callback, which deadlocked frame-threaded decoding
+    when a codec was closed while a decoder thread logged (seen in tests/test_bad_inputs.py)."""
+    import av
+
+    av.logging.set_level(av.logging.ERROR)
+    try:
+        assert vio.probe_video(videos["h264_mp4"]).frames == N
+        assert av.logging.get_level() is None
+    finally:
+        av.logging.set_level(None)

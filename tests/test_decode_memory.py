@@ -76,3 +76,56 @@ def test_4k_driving_pass_memory_does_not_grow_with_source_frames(clip_4k):
     assert per_frame_mb < 2.0, (short, long)
     # and probing + the pass hold less than one 32-frame chunk of 4K frames (796 MB) would
     assert long["peak_mb"] - long["before_mb"] < 32 * 3840 * 2160 * 3 / 2**20, long
+
+
+class BoxFinder:
+    """Stand-in pose estimator: the bright square's corners as body points; records the frame sizes it was given."""
+
+    def __init__(self) -> None:
+        self.sizes: list[tuple[int, int]] = []
+
+    def __call__(self, frames):
+        import numpy as np
+        from wan_animate.preprocess.pose_meta import PoseMeta
+
+        height, width = frames.shape[1:3]
+        self.sizes.append((width, height))
+        metas = []
+        for frame in frames:
+            ys, xs = np.nonzero(frame.min(axis=2) > 200)
+            meta = PoseMeta.empty(width, height)
+            meta.body[:2] = [[xs.min(), ys.min(), 0.9], [xs.max() + 1, ys.max() + 1, 0.9]]
+            meta.person_box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1, 0.9], np.float32)
+            meta.face_box = meta.person_box.copy()
+            metas.append(meta)
+        return metas
+
+
+def _square_clip(path: Path, width: int, height: int) -> Path:
+    """6 frames of black with a white square from (width/4, height/4) to (width/2, height/2), lossless."""
+    box = f"drawbox=x={width // 4}:y={height // 4}:w={width // 4}:h={height // 4}:color=white:t=fill"
+    cmd = [vio.ffmpeg_exe(), "-v", "error", "-y", "-f", "lavfi", "-i", f"color=c=black:s={width}x{height}:r=6",
+           "-vf", box, "-frames:v", "6", "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv444p", str(path)]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    return path
+
+
+@pytest.mark.parametrize("width, height, work", [(2560, 1440, (1920, 1080)), (1280, 720, (1280, 720))])
+def test_animation_poses_found_at_working_size_refer_to_source_pixels(width, height, work, tmp_path):
+    from wan_animate.preprocess import pipeline
+
+    assert pipeline.working_size(width, height, 1280 * 720) == work
+    clip = _square_clip(tmp_path / "square.mp4", width, height)
+    finder = BoxFinder()
+    drive = pipeline._driving_pass(clip, list(range(6)), pipeline.PreprocessModels(pose_estimator=finder), None, False,
+                                   pipeline.logger, work_hw=work[::-1], source_hw=(height, width))  # fmt: skip
+    assert finder.sizes == [work]  # the estimator saw frames at the working size, one chunk
+    assert drive.frame_hw == (height, width)
+    pose = drive.poses[0]
+    assert (pose.width, pose.height) == (width, height)
+    # the square's corners in the source's pixels (to within a working-size pixel)
+    tolerance = width / work[0] + 0.01
+    assert pose.body[0, :2].tolist() == pytest.approx([width / 4, height / 4], abs=tolerance)
+    assert pose.body[1, :2].tolist() == pytest.approx([width / 2, height / 2], abs=tolerance)
+    assert pose.person_box[:4].tolist() == pytest.approx([width / 4, height / 4, width / 2, height / 2], abs=tolerance)
+    assert drive.faces[0].mean() > 100  # the face crop came from the (reduced) frame at the box found there

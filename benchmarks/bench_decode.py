@@ -1,7 +1,7 @@
 """Driving-video decoding: speed of each candidate reader at 1080p, and peak memory of the decode + reduce path at 4K.
 
 `speed`: frames per second decoding 1920x1080 clips (H.264, HEVC, VP9, AV1; made with imageio-ffmpeg's ffmpeg) to
-(H, W, 3) uint8 RGB arrays, all frames in order, with: decord as the app used it (num_threads=0, get_batch of 32),
+(32, H, W, 3) uint8 RGB chunk arrays (what the pipeline consumes), all frames in order, with: decord as the app used it (num_threads=0, get_batch of 32),
 decord single-threaded (the retry policy candidate), the bundled ffmpeg binary piping rawvideo, and PyAV
 (the app's reader, preprocess/video_decode.py). Best of `--reps` runs, candidates interleaved.
 
@@ -85,11 +85,12 @@ def decode_ffmpeg_pipe(path: Path) -> int:
            "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]  # fmt: skip
     count = 0
     with subprocess.Popen(cmd, stdout=subprocess.PIPE) as proc:
-        while True:
-            buf = np.empty(size, np.uint8)
-            if proc.stdout.readinto(memoryview(buf)) < size:  # BufferedReader: reads until full or EOF
+        while count < info.frames:  # chunks of 32 frames in one array, as the other readers deliver them
+            chunk = np.empty((min(32, info.frames - count), info.height, info.width, 3), np.uint8)
+            got = proc.stdout.readinto(memoryview(chunk).cast("B"))  # BufferedReader: reads until full or EOF
+            count += got // size
+            if got < chunk.nbytes:
                 break
-            count += 1
     return count
 
 

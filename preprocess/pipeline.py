@@ -1,7 +1,8 @@
 """Driving video + reference image -> Conditioning, following the official process_pipepline.py.
 
 Animation mode (official `replace_flag=False`): the OUTPUT SIZE comes from the reference image,
-resized by area; poses and face crops come from the driving frames at their own resolution; without
+resized by area; poses and face crops come from the driving frames at their own resolution (frames above
+max(output area, 1920x1080) are first shrunk to that area as they are decoded, and the poses mapped back); without
 retargeting each skeleton is drawn on a canvas of the video's size and then letterboxed to the output
 size; with retargeting the retargeted poses are drawn directly at the reference's size.
 

@@ -169,13 +169,17 @@ def test_truncated_video_decodes_what_is_there_or_says_why(videos, tmp_path):
                             str(source)], check=True, capture_output=True)  # fmt: skip
         data = source.read_bytes()
         cut.write_bytes(data[: int(len(data) * share)])
-        try:
-            info = vio.probe_video(cut)
-            frames = vio.read_frames(cut, list(range(info.frames)))
-        except InputError as error:
-            assert error.field == "driving_video"
-        else:
-            assert 0 < len(frames) <= N and frames.shape[1:] == (H, W, 3)
+        noisy = bytearray(data)  # the same file with its second half overwritten by noise
+        noisy[len(data) // 2 :] = np.random.default_rng(0).integers(0, 256, len(data) - len(data) // 2, np.uint8).tobytes()
+        (tmp_path / f"noisy{share}.mkv").write_bytes(bytes(noisy))
+        for broken in (cut, tmp_path / f"noisy{share}.mkv"):
+            try:
+                info = vio.probe_video(broken)
+                frames = vio.read_frames(broken, list(range(info.frames)))
+            except InputError as error:  # the only exception a broken file may raise
+                assert error.field == "driving_video"
+            else:
+                assert 0 < len(frames) <= N and frames.shape[1:] == (H, W, 3)
 
 
 def test_decoding_turns_off_pyav_log_callback(videos):

@@ -1,7 +1,8 @@
 """Driving video + reference image -> Conditioning, following the official process_pipepline.py.
 
 Animation mode (official `replace_flag=False`): the OUTPUT SIZE comes from the reference image,
-resized by area; poses and face crops come from the driving frames at their own resolution; without
+resized by area; poses and face crops come from the driving frames at their own resolution (frames above
+max(output area, 1920x1080) are first shrunk to that area as they are decoded, and the poses mapped back); without
 retargeting each skeleton is drawn on a canvas of the video's size and then letterboxed to the output
 size; with retargeting the retargeted poses are drawn directly at the reference's size. The model's
 reference is the ORIGINAL image letterboxed (bilinear) to that size, as official generate() reads
@@ -26,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,7 @@ from .pose import PoseEstimator, fill_invalid_bodies
 from .pose_meta import PoseMeta
 from .skeleton import render_pose
 from .tracking import PersonChoice, parse_person, performer_boxes, scale_choice
+from .video_decode import Transform, frame_indices_by_time
 from .video_io import (
     VideoInfo,
     check_frame_shape,
@@ -51,12 +54,16 @@ from .video_io import (
     load_image,
     official_frame_count,
     probe_video,
+    read_frames,
     resize_by_area,
     target_size,
     write_video,
 )
 
 logger = logging.getLogger("wan_animate.preprocess")
+# Animation mode: driving frames above this many pixels (and above the output area) are reduced as they are decoded,
+# so memory follows the working size, not the upload's (a 4K frame is 25 MB); poses are mapped back to the source size.
+ANIMATION_WORK_AREA = 1920 * 1080
 
 POSE_CHUNK = 32  # frames decoded and pose-estimated per step
 
@@ -122,8 +129,10 @@ def _check_video(info: VideoInfo) -> None:
 
 def _frame_indices(info: VideoInfo, fps: float) -> list[int]:
     """Source frames to decode for the requested fps (official rule), checked against the frame limit."""
-    count = official_frame_count(info)
-    indices = frame_indices_for_fps(count, info.fps, fps)
+    if info.variable_rate:  # frame i is not at i / fps: pick frames by their timestamps
+        indices = frame_indices_by_time(info.frame_times, info.duration, info.fps if fps == -1 else fps)
+    else:
+        indices = frame_indices_for_fps(official_frame_count(info), info.fps, fps)
     # The official count can exceed what the decoder has (when the container under-reports): clip.
     indices = [min(i, info.frames - 1) for i in indices]
     if not indices:
@@ -164,11 +173,47 @@ def _reference_pose(models: PreprocessModels, reference: np.ndarray) -> PoseMeta
 # the pass over the driving video
 
 
-def _chunks(path: Path, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+def _chunks(path: Path, indices: list[int], transform: Transform | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, (n, h, w, 3) frames) for each chunk, each frame reduced by `transform` as it is decoded."""
     start = 0
-    for frames in iter_frames(path, indices, chunk=POSE_CHUNK):
+    for frames in iter_frames(path, indices, chunk=POSE_CHUNK, transform=transform):
         yield start, frames
         start += len(frames)
+
+
+def working_size(width: int, height: int, area: int) -> tuple[int, int]:
+    """(w, h) animation mode estimates poses and crops faces at: the source size when it is at most
+    max(area, ANIMATION_WORK_AREA) pixels, else the source scaled to that area, aspect kept (not letterboxed)."""
+    limit = max(area, ANIMATION_WORK_AREA)
+    if width * height <= limit:
+        return width, height
+    scale = (limit / (width * height)) ** 0.5
+    return max(int(width * scale), 1), max(int(height * scale), 1)
+
+
+def _shrink_to(width: int, height: int) -> Transform:
+    """Per-frame reduction to width x height (INTER_AREA, the filter the official resize uses to shrink)."""
+    return lambda frame: cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _to_source(metas: list[PoseMeta], work_hw: tuple[int, int], source_hw: tuple[int, int]) -> list[PoseMeta]:
+    """Poses found in frames reduced to work_hw, in the pixels of the source_hw frames."""
+    sx, sy = source_hw[1] / work_hw[1], source_hw[0] / work_hw[0]
+    return [_scaled_pose(m, sx, sy, source_hw[1], source_hw[0]) for m in metas]
+
+
+def _scaled_pose(meta: PoseMeta, sx: float, sy: float, width: int, height: int) -> PoseMeta:
+    """A pose found in a reduced frame, in the pixel coordinates of the width x height source frame."""
+    scaled = meta.copy()
+    for points in (scaled.body, scaled.left_hand, scaled.right_hand, scaled.face):
+        points[:, 0] *= sx
+        points[:, 1] *= sy
+    for box in (scaled.person_box, scaled.face_box):
+        if box is not None:
+            box[[0, 2]] *= sx
+            box[[1, 3]] *= sy
+    scaled.width, scaled.height = width, height
+    return scaled
 
 
 def _tracks_people(estimator: PoseEstimator) -> bool:
@@ -177,20 +222,18 @@ def _tracks_people(estimator: PoseEstimator) -> bool:
     return callable(getattr(estimator, "detect_people", None)) and callable(getattr(estimator, "estimate", None))
 
 
-def _performer(path: Path, indices: list[int], estimator: Any, resize_area: int | None, person: PersonChoice,
-               fps: float, log: logging.Logger, should_cancel: Callable[[], bool] | None = None
-               ) -> tuple[np.ndarray, list[str]]:  # fmt: skip
+def _performer(path: Path, indices: list[int], estimator: Any, transform: Transform | None,
+               source_hw: tuple[int, int], person: PersonChoice, fps: float, log: logging.Logger,
+               should_cancel: Callable[[], bool] | None = None) -> tuple[np.ndarray, list[str]]:  # fmt: skip
     """Detection over the whole video, then one performer followed through it: (T, 5) boxes and frame statuses
-    (tracking.performer_boxes). A point/box `person` is in source pixels; the frames may be resized."""
+    (tracking.performer_boxes), in the pixels of the frames as `transform` reduces them. A point/box `person` is in
+    source pixels (`source_hw`)."""
     detections: list[np.ndarray] = []
-    scale = (1.0, 1.0)  # frame pixels per source pixel, x and y
-    for start, frames in _chunks(path, indices):
+    frames = np.zeros((0, *source_hw, 3), np.uint8)
+    for start, frames in _chunks(path, indices, transform):
         check_cancel(should_cancel, f"during person detection (frame {start} of {len(indices)})")
-        if resize_area is not None:
-            resized = np.stack([resize_by_area(f, resize_area) for f in frames])
-            scale = (resized.shape[2] / frames.shape[2], resized.shape[1] / frames.shape[1])
-            frames = resized
         detections.extend(estimator.detect_people(frames))
+    scale = (frames.shape[2] / source_hw[1], frames.shape[1] / source_hw[0])  # frame pixels per source pixel, x and y
     boxes, statuses = performer_boxes(detections, scale_choice(person, *scale), fps)
     boxes[boxes[:, 4] <= 0] = fallback_box(*frames.shape[1:3])  # nobody / absent: the official whole-frame box
     counts = {s: statuses.count(s) for s in ("detected", "interpolated", "absent", "nobody")}
@@ -217,18 +260,33 @@ def _fill_absent(poses: list[PoseMeta], present: np.ndarray) -> list[PoseMeta]:
 
 def _driving_pass(path: Path, indices: list[int], models: PreprocessModels, resize_area: int | None,
                   keep_edit_frame: bool, log: logging.Logger, person: PersonChoice | None = None,
-                  fps: float = 30.0, should_cancel: Callable[[], bool] | None = None) -> _DrivingPass:  # fmt: skip
+                  fps: float = 30.0, should_cancel: Callable[[], bool] | None = None,
+                  work_hw: tuple[int, int] | None = None, source_hw: tuple[int, int] | None = None
+                  ) -> _DrivingPass:  # fmt: skip
     """Decode, (replacement: resize and keep), estimate poses and crop faces, one chunk at a time (a cancel is
     checked before each chunk).
+
+    Frames are reduced as they are decoded: replacement mode to the output size (official resize_by_area), animation
+    mode to `work_hw` when it is smaller than `source_hw` (poses are then mapped back to the source's pixels, so the
+    skeletons are drawn as for the full-size frames; face crops come from the reduced frames).
 
     With an estimator that tracks (`_tracks_people`), a first pass detects everyone in every frame and chooses
     the performer (`person`), and the poses are then estimated on that person's box in each frame.
     """
     total = len(indices)
     estimator = models.pose_estimator
+    reduced = resize_area is None and work_hw is not None and source_hw is not None and work_hw != source_hw
+    transform: Transform | None = None
+    if resize_area is not None:
+        transform = partial(resize_by_area, area=resize_area)
+    elif reduced:
+        transform = _shrink_to(work_hw[1], work_hw[0])
     performer = None
     if _tracks_people(estimator):
-        performer = _performer(path, indices, estimator, resize_area, person or PersonChoice(), fps, log, should_cancel)
+        info = probe_video(path) if source_hw is None else None
+        hw = source_hw if info is None else (info.height, info.width)
+        performer = _performer(path, indices, estimator, transform, hw, person or PersonChoice(), fps, log,
+                               should_cancel)  # fmt: skip
     poses: list[PoseMeta] = []
     faces = np.zeros((total, FACE_SIZE, FACE_SIZE, 3), np.uint8)
     has_face = np.zeros(total, bool)
@@ -237,10 +295,9 @@ def _driving_pass(path: Path, indices: list[int], models: PreprocessModels, resi
     frame_hw = (0, 0)
     log.info("preprocess: poses and faces for %d frames started (chunks of %d)", total, POSE_CHUNK)
     began = time.perf_counter()
-    for start, frames in _chunks(path, indices):
+    for start, frames in _chunks(path, indices, transform):
         check_cancel(should_cancel, f"during pose estimation (frame {start} of {total})")
         if resize_area is not None:
-            frames = np.stack([resize_by_area(f, resize_area) for f in frames])
             if kept is None:
                 kept = np.empty((total, *frames.shape[1:]), np.uint8)
             kept[start : start + len(frames)] = frames
@@ -249,7 +306,7 @@ def _driving_pass(path: Path, indices: list[int], models: PreprocessModels, resi
             metas = estimator(frames)
         else:
             metas = estimator.estimate(frames, performer[0][start : start + len(frames)])
-        poses.extend(metas)
+        poses.extend(metas if not reduced else _to_source(metas, frame_hw, source_hw))
         for j, (frame, meta) in enumerate(zip(frames, metas, strict=True)):
             if performer is not None and performer[1][start + j] == "absent":
                 continue  # the performer is not seen here: the nearest face crop is used
@@ -264,6 +321,10 @@ def _driving_pass(path: Path, indices: list[int], models: PreprocessModels, resi
         if done == total or (start // POSE_CHUNK) % 8 == 7:  # progress every 256 frames
             eta = (time.perf_counter() - began) / done * (total - done)
             log.info("preprocess: poses and faces for %d of %d frames (about %.0f s left)", done, total, eta)
+    if reduced:
+        frame_hw = source_hw  # the poses are in the source's pixels
+        if keep_edit_frame:  # FLUX edits the frame at the size the poses refer to: decode that one frame again
+            edit_frame = read_frames(path, [indices[min(1, total - 1)]])[0]
     present = None
     if performer is not None:
         present = np.array([s != "absent" for s in performer[1]])
@@ -335,8 +396,8 @@ def _retargeted(drive: _DrivingPass, reference: np.ndarray, options: PreprocessO
 # modes
 
 
-def _animation(driving: Path, reference_img: np.ndarray, indices: list[int], fps: float, options: PreprocessOptions,
-               models: PreprocessModels, log: logging.Logger, timer: _Timer,
+def _animation(driving: Path, reference_img: np.ndarray, info: VideoInfo, indices: list[int], fps: float,
+               options: PreprocessOptions, models: PreprocessModels, log: logging.Logger, timer: _Timer,
                should_cancel: Callable[[], bool] | None = None) -> Conditioning:  # fmt: skip
     area = options.resolution_width * options.resolution_height
     reference = resize_by_area(reference_img, area)  # the output size is the reference's; poses run on this copy
@@ -345,11 +406,13 @@ def _animation(driving: Path, reference_img: np.ndarray, indices: list[int], fps
     retarget = options.retarget_flag
     if options.use_flux and not retarget:
         log.warning("use_flux only applies with retarget_flag=true (official); ignoring it")
+    work_w, work_h = working_size(info.width, info.height, area)
     drive = _driving_pass(
         driving, indices, models, None, retarget and options.use_flux, log, parse_person(options.person), fps,
-        should_cancel,
+        should_cancel, work_hw=(work_h, work_w), source_hw=(info.height, info.width),
     )
-    timer.done("poses+faces", f"{len(indices)} frames at {drive.frame_hw[1]}x{drive.frame_hw[0]}")
+    reduced = f" (poses found at {work_w}x{work_h})" if (work_w, work_h) != (info.width, info.height) else ""
+    timer.done("poses+faces", f"{len(indices)} frames at {drive.frame_hw[1]}x{drive.frame_hw[0]}{reduced}")
     check_cancel(should_cancel, "after pose estimation")
     if retarget:
         pose_frames = _draw(_retargeted(drive, reference, options, models, timer), out_hw, right_hand_first=True)
@@ -372,7 +435,7 @@ def _replacement(driving: Path, reference_img: np.ndarray, info: VideoInfo, indi
     area = options.resolution_width * options.resolution_height
     width, height = target_size(info.width, info.height, area)  # the output size is the video's
     drive = _driving_pass(driving, indices, models, area, False, log, parse_person(options.person), fps,
-                          should_cancel)
+                          should_cancel, source_hw=(info.height, info.width))
     assert drive.frames is not None and drive.frame_hw == (height, width)
     timer.done("poses+faces", f"{len(indices)} frames resized to {width}x{height}")
     reference = letterbox(reference_img, height, width)  # official padding_resize (bilinear)
@@ -423,7 +486,7 @@ def preprocess(driving_video: Path, reference_image: Path, options: PreprocessOp
                          f"{len(indices)} frames at {fps:g} fps; reference {reference_img.shape[1]}x"
                          f"{reference_img.shape[0]}")  # fmt: skip
     if options.mode == "animation":
-        cond = _animation(driving_video, reference_img, indices, fps, options, models, log, timer, should_cancel)
+        cond = _animation(driving_video, reference_img, info, indices, fps, options, models, log, timer, should_cancel)
     elif options.mode == "replacement":
         cond = _replacement(driving_video, reference_img, info, indices, fps, options, models, log, timer,
                             should_cancel)  # fmt: skip

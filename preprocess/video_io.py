@@ -1,7 +1,7 @@
 """Reading the user's video and image, the official frame-size and frame-rate rules, writing MP4s.
 
-Decoding uses decord (as the official pipeline does); probing and encoding use the ffmpeg binary that
-imageio-ffmpeg bundles (no system ffmpeg is assumed). Every user-fixable failure becomes an InputError
+Probing and decoding live in video_decode (PyAV) and are re-exported here; encoding uses the ffmpeg binary
+that imageio-ffmpeg bundles (no system ffmpeg is assumed). Every user-fixable failure becomes an InputError
 naming the input (`driving_video` / `reference_image`).
 """
 
@@ -14,8 +14,7 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import cv2
@@ -23,24 +22,18 @@ import numpy as np
 
 from ..errors import InputError, check_cancel
 from ..limits import LIMITS
+from .video_decode import (  # noqa: F401  (decoding lives in video_decode; its names stay importable from here)
+    READ_CHUNK,
+    VIDEO_FIELD,
+    VideoInfo,
+    iter_frames,
+    probe_video,
+    read_frames,
+)
 
 logger = logging.getLogger(__name__)
 
-VIDEO_FIELD = "driving_video"
 IMAGE_FIELD = "reference_image"
-READ_CHUNK = 32  # frames decoded per decord call: bounds decord's own buffer on top of the output array
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """What the pipeline needs to know about a video before decoding it."""
-
-    frames: int  # frame count as decord reports it
-    fps: float  # average frame rate
-    width: int
-    height: int
-    duration: float  # seconds: end time of the last frame
-    has_audio: bool
 
 
 def ffmpeg_exe() -> str:
@@ -48,22 +41,6 @@ def ffmpeg_exe() -> str:
     import imageio_ffmpeg
 
     return imageio_ffmpeg.get_ffmpeg_exe()
-
-
-def _open_reader(path: Path, field: str = VIDEO_FIELD):
-    """A decord VideoReader, or InputError when the file is not a decodable video."""
-    import decord
-
-    if not Path(path).is_file():
-        raise InputError("file_not_found", field, f"no such file: {path}")
-    if Path(path).stat().st_size == 0:
-        raise InputError("empty_file", field, "the file is empty (0 bytes); upload the file again")
-    try:
-        return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=0)  # 0: decoder picks
-    except Exception as error:  # decord raises DECORDError/RuntimeError with codec internals
-        raise InputError(
-            "unreadable_video", field, f"could not decode the video ({type(error).__name__}); upload an MP4 (H.264)"
-        ) from error
 
 
 def _has_audio_stream(path: Path) -> bool:
@@ -80,29 +57,6 @@ def _has_audio_stream(path: Path) -> bool:
         logger.warning("could not probe audio of %s: %s", path, error)
         return False
     return re.search(r"Stream #\d+:\d+.*: Audio:", result.stderr) is not None
-
-
-def probe_video(path: Path, field: str = VIDEO_FIELD) -> VideoInfo:
-    """Frame count, rate, size, duration and audio presence; InputError for unreadable or empty videos."""
-    reader = _open_reader(Path(path), field)
-    try:
-        frames = len(reader)
-        if frames <= 0:
-            raise InputError("empty_video", field, "the video has no frames; upload a video with at least one frame")
-        fps = float(reader.get_avg_fps())
-        height, width = reader[0].shape[:2]
-        duration = float(reader.get_frame_timestamp(frames - 1)[-1])
-    except InputError:
-        raise
-    except Exception as error:
-        raise InputError(
-            "unreadable_video", field, f"could not decode the video ({type(error).__name__}); upload an MP4 (H.264)"
-        ) from error
-    finally:
-        del reader
-    if not math.isfinite(fps) or fps <= 0:
-        raise InputError("unreadable_video", field, "the video reports no frame rate; re-encode it (e.g. to MP4)")
-    return VideoInfo(frames, fps, int(width), int(height), duration, _has_audio_stream(Path(path)))
 
 
 def official_frame_count(info: VideoInfo) -> int:
@@ -133,53 +87,6 @@ def frame_indices_for_fps(num_frames: int, src_fps: float, target_fps: float) ->
     times = np.arange(count) / target_fps
     indices = np.clip(np.round(times * src_fps).astype(np.int64), 0, num_frames - 1)
     return [int(i) for i in indices]
-
-
-def iter_frames(path: Path, indices: Sequence[int], chunk: int = READ_CHUNK, field: str = VIDEO_FIELD,
-                timeout_s: float = LIMITS.decode_timeout_s) -> Iterator[np.ndarray]:  # fmt: skip
-    """Decode the given frames in order, `chunk` at a time: yields (n, H, W, 3) uint8 RGB arrays.
-
-    Decoding itself (not the caller's work between chunks) may take at most `timeout_s` seconds in all: a file
-    that decodes pathologically slowly ends in an InputError instead of holding the worker.
-    """
-    reader = _open_reader(Path(path), field)
-    decode_s = 0.0
-    try:
-        for start in range(0, len(indices), chunk):
-            batch = list(indices[start : start + chunk])
-            if decode_s > timeout_s:
-                raise InputError(
-                    "decode_timeout", field,
-                    f"decoding took over {timeout_s:.0f} s (stopped at frame {batch[0]}); re-encode the video as "
-                    "H.264 at a lower resolution or make it shorter",
-                )  # fmt: skip
-            began = time.perf_counter()
-            try:
-                frames = reader.get_batch(batch).asnumpy()
-            except Exception as error:
-                raise InputError(
-                    "unreadable_video", field,
-                    f"decoding failed near frame {batch[0]} ({type(error).__name__}); the file may be truncated "
-                    "or its codec unsupported. Re-encode it as an H.264 MP4",
-                ) from error  # fmt: skip
-            decode_s += time.perf_counter() - began
-            yield frames
-    finally:
-        del reader
-
-
-def read_frames(path: Path, indices: Sequence[int], field: str = VIDEO_FIELD) -> np.ndarray:
-    """The given frames as one (T, H, W, 3) uint8 RGB array, decoded chunk by chunk into it."""
-    out: np.ndarray | None = None
-    pos = 0
-    for frames in iter_frames(path, indices, field=field):
-        if out is None:
-            out = np.empty((len(indices), *frames.shape[1:]), np.uint8)
-        out[pos : pos + len(frames)] = frames
-        pos += len(frames)
-    if out is None:
-        raise InputError("empty_video", field, "no frames to read; use a longer video or a higher fps")
-    return out
 
 
 def target_size(width: int, height: int, area: int, divisor: int = 16) -> tuple[int, int]:

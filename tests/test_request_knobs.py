@@ -44,7 +44,7 @@ class Recorder:
         self.preprocess_options: list[object] = []
         self.generation_options: list[object] = []
 
-    def preprocess(self, driving: Path, reference: Path, options: object, models: object) -> object:
+    def preprocess(self, driving: Path, reference: Path, options: object, models: object, should_cancel: object = None) -> object:
         self.preprocess_options.append(options)
         width, height = vio.target_size(16, 9, options.resolution_width * options.resolution_height)
         frames = 6

@@ -287,7 +287,7 @@ def check_context_parallel_support(transformer: torch.nn.Module, mode: ContextPa
         if type(block.attn1.processor) is not WanAttnProcessor:
             raise ValueError(
                 f"block {index} self-attention uses {type(block.attn1.processor).__name__}; context parallelism "
-                "needs diffusers' WanAttnProcessor (the project's own kernels: attention 'sage', 'fp8' and the one-GPU "
+                "needs diffusers' WanAttnProcessor (the project's own kernels: attention 'fp8' and the one-GPU "
                 "FlashAttention-4, do not split across GPUs)"
             )
     if getattr(transformer, "_parallel_config", None) is not None:

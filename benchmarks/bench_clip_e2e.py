@@ -120,6 +120,8 @@ def main() -> int:
                         help="with --fast: the app's attention choice (default: FlashAttention-4 where it runs)")
     parser.add_argument("--vae-bf16", action="store_true", help="the VAE in bf16 (the app's vae_bf16 opt-in)")
     parser.add_argument("--clips", type=int, default=1, help="time this many requests of one clip each, in a row")
+    parser.add_argument("--then-vae-bf16", action="store_true",
+                        help="after the --clips requests, one more with the VAE switched to bf16")
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     args = parser.parse_args()
     runs = [run.strip() for run in args.runs.split(",") if run.strip()]
@@ -202,7 +204,11 @@ def main() -> int:
     for run in runs:
         options = run_options(run, args, GenerationOptions)
         warmup_s = warm_up(models, options, args) if args.warmup else None
-        for request in range(1, args.clips + 1):  # request 2..: the worker's caches (prompts, blank guide) warm
+        requests = args.clips + (1 if args.then_vae_bf16 else 0)
+        for request in range(1, requests + 1):  # request 2..: the worker's caches (prompts, blank guide) warm
+            if request > args.clips:
+                models.vae.to(torch.bfloat16)
+                setup = {**setup, "vae_dtype": "bf16"}
             timing = time_clip(models, cond, options, generate, args.frames)
             result = {**setup, "run": run, "request": request, **timing, "warmup_s": warmup_s}
             if run == "distill":
@@ -264,7 +270,7 @@ STAGES = ("encode_prompt", "clip_embedding", "reference_condition", "pose_latent
 @contextlib.contextmanager
 def stage_timers(seconds: dict[str, float]) -> Iterator[None]:
     """Time each encode/decode function the loop calls (wan.generate's names), GPU synchronised, into `seconds`."""
-    import wan_animate.wan.generate as loop
+    loop = sys.modules["wan_animate.wan.generate"]  # the module (the package exports a function of that name)
 
     originals = {name: getattr(loop, name) for name in STAGES}
 

@@ -74,26 +74,25 @@ def test_fp8_quantization_shapes_scales_and_range():
 
 
 @pytest.mark.parametrize("outliers", [False, True])
-def test_fp8_quantization_error_is_below_the_per_tensor_scheme(outliers):
-    """Emulated in float32: the app's scheme (K smoothed, Q/K rotated, per-head Q/K and per-channel V scales) stays
-    within FP8's rounding of exact attention on N(0,1) inputs (where a floating-point format's relative rounding does
-    not depend on the scale, so it matches one per-tensor scale), and far below one per-tensor scale each with
-    outlier channels."""
+def test_fp8_quantization_error_is_fp8_rounding(outliers):
+    """Emulated in float32 (P exact): the app's scheme (K smoothed, per-head Q/K and per-channel V scales, no
+    rotation) stays at FP8's rounding level of exact attention on N(0,1) inputs, and is no worse than one per-tensor
+    scale with outlier channels. (A floating-point format's relative rounding does not depend on the scale, so finer
+    scales gain little: measured on the H200, BENCHMARKS.md.)"""
     query, key, value = qkv(tokens=512, seed=3)
     if outliers:
         query, key, value = (with_outlier_channels(x, seed) for seed, x in enumerate((query, key, value)))
     ref = ak.sdpa_attention(query, key, value)
-    ours = rel_l2(dequantized_attention(query, key, value, ak.hadamard_matrix(128)), ref)
+    ours = rel_l2(dequantized_attention(query, key, value, None), ref)
 
     def per_tensor(x):
         scale = ak.FP8_E4M3_MAX / x.abs().amax()
         return (x * scale).to(torch.float8_e4m3fn).float() / scale
 
     naive = rel_l2(ak.sdpa_attention(per_tensor(query), per_tensor(key), per_tensor(value)), ref)
-    if outliers:
-        assert ours < 0.7 * naive
-    else:
-        assert ours < 6e-2 and ours < 1.05 * naive
+    assert ours < 1.1 * naive
+    if not outliers:
+        assert ours < 6e-2
 
 
 def test_every_attention_choice_of_the_app_imports_only_pinned_packages():
@@ -144,7 +143,10 @@ def test_cuda_fa3_fp8_attention_against_sdpa(outliers, hadamard):
     emulated = rel_l2(dequantized_attention(query.float(), key.float(), value.float(),
                                             ak.hadamard_matrix(128, "cuda") if hadamard else None), ref)  # fmt: skip
     print(f"fa3 fp8 (outliers={outliers}, hadamard={hadamard}): rel L2 {deviation:.4f}, Q/K/V rounding alone {emulated:.4f}")
-    assert deviation < 6e-2
+    # The kernel adds little beyond the rounding of its inputs (its P.V in FP8 too); N(0,1): FP8's rounding level.
+    assert deviation < 1.1 * emulated + 1e-2
+    if not outliers:
+        assert deviation < 6e-2
 
 
 @pytest.mark.gpu

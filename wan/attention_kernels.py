@@ -6,8 +6,9 @@ inside a fullgraph block and fuses everything around it. Kernels:
   default on those GPUs (exact attention).
 - `fa3_attention` / `fa3_fp8_attention`: FlashAttention-3's forward (PyPI `fa3-fwd`, a prebuilt Hopper wheel), bf16
   or FP8 e4m3. The FP8 path quantises Q, K and V in plain torch ops (traced and fused into RoPE by compile) with
-  scales that keep softmax exact: K smoothed by its mean over tokens, Q and K optionally rotated by one orthonormal
-  Hadamard matrix, one scale per head for Q and K, one per channel for V (undone on the output).
+  rewrites that keep softmax exact: K smoothed by its mean over tokens, one scale per head for Q and K, one per
+  channel for V (undone on the output); a Hadamard rotation of Q and K is available but off (it made outlier
+  inputs worse at 720p on the H200, BENCHMARKS.md).
 The cuDNN FP8 kernel (PyPI `nvidia-cudnn-frontend`, benchmark comparison only) is in wan/cudnn_fp8.py.
 """
 
@@ -237,9 +238,10 @@ def quantize_qkv_fp8(
     return q8, k8, v8, q_descale, k_descale, v_descale, v_scale
 
 
-# Q/K rotation in the app's FP8 attention (measured on the H200, BENCHMARKS.md: the kernel's error on N(0,1) inputs
-# and with outlier channels, with and without it).
-FP8_ATTENTION_HADAMARD = True
+# Q/K rotation in the app's FP8 attention: off. Measured on the H200 at 720p (BENCHMARKS.md): the same error on N(0,1)
+# inputs (5.5e-2 either way) and twice the error with outlier channels (0.30 against 0.16); in FP8, a floating-point
+# format, spreading an outlier over all channels raises every channel's rounding instead of saving range.
+FP8_ATTENTION_HADAMARD = False
 
 
 def fa3_fp8_attention(

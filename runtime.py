@@ -204,7 +204,7 @@ def load_runtime(setup: AppSetup) -> Runtime:
         if setup.compile or setup.attention != "default":
             logger.info("offloaded worker: compile and attention=%r are not applied", setup.attention)
     elif device.type == "cuda":
-        from .wan.attention_kernels import default_uses_flash4, fa3_available
+        from .wan.attention_kernels import default_uses_flash4
         from .wan.speed import (
             CompileBudget,
             SpeedOptions,
@@ -212,12 +212,7 @@ def load_runtime(setup: AppSetup) -> Runtime:
             make_example_inputs,
         )
 
-        if setup.attention == "fp8" and not fa3_available(device):
-            raise InputError(
-                "attention_unsupported", "attention",
-                f"attention 'fp8' runs FlashAttention-3's FP8 kernel, which needs a Hopper GPU (H100/H200) and the "
-                f"fa3-fwd package; this is {torch.cuda.get_device_name(device)}: use attention 'default'",
-            )  # fmt: skip
+        _check_attention_choice(setup, device)
         speed = SpeedOptions(
             fp8_linears=setup.fp8,
             compile_blocks=setup.compile,
@@ -249,6 +244,21 @@ def load_runtime(setup: AppSetup) -> Runtime:
         dist=dist,
         weight_paths=paths,
     )
+
+
+def _check_attention_choice(setup: AppSetup, device: Any) -> None:
+    """InputError when the worker's `attention` kernel cannot run on `device` (checked before compile and warm-up)."""
+    import torch
+
+    from .wan.attention_kernels import fa3_available
+
+    if setup.attention == "fp8" and not fa3_available(device):
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+        raise InputError(
+            "attention_unsupported", "attention",
+            f"attention 'fp8' runs FlashAttention-3's FP8 kernel, which needs a Hopper GPU (H100/H200) and the "
+            f"fa3-fwd package; this is {name}: use attention 'default'",
+        )  # fmt: skip
 
 
 def _self_attention_kernel(speed: Any) -> str:

@@ -58,13 +58,18 @@ class AppSetup(BaseAppSetup):
         description="FP8 weights+activations (torchao, rowwise scales) for every linear of the 40 DiT blocks: about "
         "half the transformer's memory and faster; small numeric deviation (see BENCHMARKS.md).",
     )
-    attention: Literal["default", "cudnn", "sage", "fp8"] = Field(
+    attention: Literal["default", "cudnn", "fp8"] = Field(
         default="default",
         description="Self-attention kernel of the DiT blocks: 'default' = FlashAttention-4 on Hopper/Blackwell GPUs, "
-        "cuDNN attention elsewhere (both exact up to bf16), 'cudnn' = cuDNN attention everywhere, 'sage' = "
-        "SageAttention 1 (int8 QK^T), 'fp8' = cuDNN FP8 attention. The last two deviate slightly.",
+        "cuDNN attention elsewhere (both exact up to bf16), 'cudnn' = cuDNN attention everywhere, 'fp8' = "
+        "FlashAttention-3's FP8 forward (fa3-fwd; Hopper GPUs: H100/H200), faster, deviates slightly.",
     )
     compile: bool = Field(default=True, description="Regional torch.compile of the DiT blocks, warmed up at setup.")
+    vae_bf16: bool = Field(
+        default=False,
+        description="Run the VAE (encode and decode) in bf16 instead of the official float32: faster per clip, "
+        "small pixel deviation (see BENCHMARKS.md).",
+    )
     offload_model: bool = Field(
         default=False,
         description="Load with text encoder, CLIP and VAE kept off the GPU while idle (24-48 GB cards; slower).",

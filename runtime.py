@@ -214,8 +214,9 @@ def load_runtime(setup: AppSetup) -> Runtime:
     # ~4.4 GiB of GPU memory would not fit beside the loop's 20.7 GiB at 720p on a 24 GB card.
     preprocess_models = load_preprocess_models(paths, device, per_request=setup.offload_model)
     wan_models = load_models(
-        paths, device=device, dtype=torch.bfloat16, offload="model" if setup.offload_model else "none"
-    )
+        paths, device=device, dtype=torch.bfloat16, offload="model" if setup.offload_model else "none",
+        vae_dtype=torch.bfloat16 if setup.vae_bf16 else torch.float32,
+    )  # fmt: skip
     speed = None
     budget = None
     if device.type == "cuda" and setup.offload_model:
@@ -229,18 +230,18 @@ def load_runtime(setup: AppSetup) -> Runtime:
         if setup.compile or setup.attention != "default":
             logger.info("offloaded worker: compile and attention=%r are not applied", setup.attention)
     elif device.type == "cuda":
+        from .wan.attention_kernels import default_uses_flash4
         from .wan.speed import (
             CompileBudget,
             SpeedOptions,
             apply_speed_options,
-            default_uses_flash4,
             make_example_inputs,
         )
 
+        _check_attention_choice(setup, device)
         speed = SpeedOptions(
             fp8_linears=setup.fp8,
             compile_blocks=setup.compile,
-            sage_attention=setup.attention == "sage",
             flash4_attention=setup.attention == "default" and default_uses_flash4(device, context_parallel),
             fp8_attention=setup.attention == "fp8",
             context_parallel=context_parallel,
@@ -252,6 +253,9 @@ def load_runtime(setup: AppSetup) -> Runtime:
             height, width = _warmup_size(dist)
             inputs = make_example_inputs(wan_models.transformer.config, height, width, device=device)
             warm_up_adapter_sets(wan_models, inputs, budget)
+        from .wan.generate import warm_up_encoders
+
+        warm_up_encoders(wan_models, *_warmup_size(dist))  # the default prompts and blank guide, cached for requests
     elif context_parallel is not None:  # full preset on CPU: only useful for tests
         from .wan.parallel import enable_context_parallel
 
@@ -268,10 +272,24 @@ def load_runtime(setup: AppSetup) -> Runtime:
     )
 
 
+def _check_attention_choice(setup: AppSetup, device: Any) -> None:
+    """InputError when the worker's `attention` kernel cannot run on `device` (checked before compile and warm-up)."""
+    import torch
+
+    from .wan.attention_kernels import fa3_available
+
+    if setup.attention == "fp8" and not fa3_available(device):
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+        raise InputError(
+            "attention_unsupported", "attention",
+            f"attention 'fp8' runs FlashAttention-3's FP8 kernel, which needs a Hopper GPU (H100/H200) and the "
+            f"fa3-fwd package; this is {name}: use attention 'default'",
+        )  # fmt: skip
+
+
 def _self_attention_kernel(speed: Any) -> str:
     """The DiT blocks' self-attention kernel `speed` (a wan.speed.SpeedOptions) selects, for the log."""
-    for field_name, kernel in (("sage_attention", "SageAttention 1"), ("flash4_attention", "FlashAttention-4"),
-                               ("fp8_attention", "cuDNN FP8")):  # fmt: skip
+    for field_name, kernel in (("flash4_attention", "FlashAttention-4"), ("fp8_attention", "FlashAttention-3 FP8")):
         if getattr(speed, field_name):
             return kernel
     return f"diffusers backend {speed.attention_backend!r}"

@@ -20,9 +20,11 @@ difference says nothing about the real distilled model's fidelity.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +45,14 @@ def on_gpu(build: Any, dtype: torch.dtype) -> Any:
         torch.set_default_dtype(previous)
 
 
-def build_full_models(bench_forward: Any) -> Any:
-    """WanAnimateModels with the release's architecture and random weights, placed as load_models places them."""
-    from diffusers import AutoencoderKLWan, WanAnimateTransformer3DModel
+def build_encoders() -> dict[str, Any]:
+    """UMT5-XXL encoder (bf16), CLIP ViT-H/14 (fp16) and the Wan 2.1 VAE (fp32) at full size with random weights, on
+    the GPU, as WanAnimateModels keyword arguments (everything but the transformer)."""
+    from diffusers import AutoencoderKLWan
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
-    from wan_animate.wan.models import WanAnimateModels, build_tiny_tokenizer, keep_fp32_modules
+    from wan_animate.wan.models import build_tiny_tokenizer
 
-    torch.manual_seed(0)
-    transformer = on_gpu(lambda: WanAnimateTransformer3DModel(**bench_forward.FULL_CONFIG), torch.bfloat16)
-    transformer = keep_fp32_modules(transformer).eval().requires_grad_(False)
+    torch.manual_seed(1)
     # google/umt5-xxl encoder (what Wan-AI/Wan2.2-Animate-14B-Diffusers/text_encoder holds).
     text_config = UMT5Config(
         vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
@@ -65,15 +66,25 @@ def build_full_models(bench_forward: Any) -> Any:
     )  # fmt: skip
     image_encoder = on_gpu(lambda: CLIPVisionModel(clip_config), torch.float16).eval().requires_grad_(False)
     vae = on_gpu(lambda: AutoencoderKLWan(), torch.float32).eval().requires_grad_(False)
+    return {
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": build_tiny_tokenizer(),  # token ids only; the real tokenizer does not change the cost
+        "image_encoder": image_encoder,
+        "image_processor": CLIPImageProcessor(),
+    }
+
+
+def build_full_models(bench_forward: Any) -> Any:
+    """WanAnimateModels with the release's architecture and random weights, placed as load_models places them."""
+    from diffusers import WanAnimateTransformer3DModel
+    from wan_animate.wan.models import WanAnimateModels, keep_fp32_modules
+
+    torch.manual_seed(0)
+    transformer = on_gpu(lambda: WanAnimateTransformer3DModel(**bench_forward.FULL_CONFIG), torch.bfloat16)
+    transformer = keep_fp32_modules(transformer).eval().requires_grad_(False)
     return WanAnimateModels(
-        transformer=transformer,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=build_tiny_tokenizer(),  # token ids only; the real tokenizer does not change the cost
-        image_encoder=image_encoder,
-        image_processor=CLIPImageProcessor(),
-        dtype=torch.bfloat16,
-        device=torch.device("cuda"),
+        transformer=transformer, **build_encoders(), dtype=torch.bfloat16, device=torch.device("cuda")
     )
 
 
@@ -105,6 +116,12 @@ def main() -> int:
     parser.add_argument("--runs", default="default",
                         help="comma list of 'default' (--steps steps, dpm++) and 'distill' (the distillation LoRA's path)")
     parser.add_argument("--warmup", action="store_true", help="one untimed forward per run's adapter set first")
+    parser.add_argument("--attention", default="default", choices=["default", "cudnn", "fp8"],
+                        help="with --fast: the app's attention choice (default: FlashAttention-4 where it runs)")
+    parser.add_argument("--vae-bf16", action="store_true", help="the VAE in bf16 (the app's vae_bf16 opt-in)")
+    parser.add_argument("--clips", type=int, default=1, help="time this many requests of one clip each, in a row")
+    parser.add_argument("--then-vae-bf16", action="store_true",
+                        help="after the --clips requests, one more with the VAE switched to bf16")
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     args = parser.parse_args()
     runs = [run.strip() for run in args.runs.split(",") if run.strip()]
@@ -148,12 +165,16 @@ def main() -> int:
     elif args.fast:
         t = time.perf_counter()
         # The app's default kernel choice; its offloaded workers keep diffusers' attention backend.
-        flash4 = bench_forward.speed.default_uses_flash4("cuda") and not args.offload
+        default = args.attention == "default" and not args.offload
+        flash4 = default and bench_forward.attention_kernels.default_uses_flash4("cuda")
         options = bench_forward.speed.SpeedOptions(
-            fp8_linears=args.fp8, compile_blocks=not args.no_compile, flash4_attention=flash4
-        )
+            fp8_linears=args.fp8, compile_blocks=not args.no_compile, flash4_attention=flash4,
+            fp8_attention=args.attention == "fp8",
+        )  # fmt: skip
         models.transformer = bench_forward.speed.apply_speed_options(models.transformer, options)
         compile_s = time.perf_counter() - t  # compilation itself happens lazily, inside the first step
+    if args.vae_bf16:
+        models.vae.to(torch.bfloat16)
     if args.offload and not args.offload_first:
         from wan_animate.wan.offload import place_models
 
@@ -169,6 +190,8 @@ def main() -> int:
         "frames": args.frames,
         "fast_path": args.fast,
         "flash4_attention": flash4,
+        "attention": args.attention,
+        "vae_dtype": "bf16" if args.vae_bf16 else "fp32",
         "fp8_linears": args.fp8,
         "compiled": args.fast and not args.no_compile,
         "offload": args.offload,
@@ -181,14 +204,20 @@ def main() -> int:
     for run in runs:
         options = run_options(run, args, GenerationOptions)
         warmup_s = warm_up(models, options, args) if args.warmup else None
-        result = {**setup, "run": run, **time_clip(models, cond, options, generate, args.frames), "warmup_s": warmup_s}
-        if run == "distill":
-            result["deviation"] = "not measured: random weights (both paths give noise; no fidelity signal)"
-        results.append(result)
-        (args.out / f"e2e_{run}.json").write_text(json.dumps(result, indent=2))
-        print(json.dumps(result, indent=2), flush=True)
+        requests = args.clips + (1 if args.then_vae_bf16 else 0)
+        for request in range(1, requests + 1):  # request 2..: the worker's caches (prompts, blank guide) warm
+            if request > args.clips:
+                models.vae.to(torch.bfloat16)
+                setup = {**setup, "vae_dtype": "bf16"}
+            timing = time_clip(models, cond, options, generate, args.frames)
+            result = {**setup, "run": run, "request": request, **timing, "warmup_s": warmup_s}
+            if run == "distill":
+                result["deviation"] = "not measured: random weights (both paths give noise; no fidelity signal)"
+            results.append(result)
+            (args.out / f"e2e_{run}_{request}.json").write_text(json.dumps(result, indent=2))
+            print(json.dumps(result, indent=2), flush=True)
     if len(results) > 1:
-        by_run = {r["run"]: r for r in results}
+        by_run = {r["run"]: r for r in results if r["request"] == 1}
         if {"default", "distill"} <= set(by_run):
             ratio = by_run["default"]["total_clip_s"] / by_run["distill"]["total_clip_s"]
             print(f"whole clip: default {by_run['default']['total_clip_s']} s, distill {by_run['distill']['total_clip_s']} s "
@@ -234,9 +263,41 @@ def warm_up(models: Any, options: Any, args: argparse.Namespace) -> float:
         return round(warmup(models.transformer, inputs), 2)
 
 
+STAGES = ("encode_prompt", "clip_embedding", "reference_condition", "pose_latents", "clip_condition", "face_pixels",
+          "vae_decode")  # fmt: skip
+
+
+@contextlib.contextmanager
+def stage_timers(seconds: dict[str, float]) -> Iterator[None]:
+    """Time each encode/decode function the loop calls (wan.generate's names), GPU synchronised, into `seconds`."""
+    loop = sys.modules["wan_animate.wan.generate"]  # the module (the package exports a function of that name)
+
+    originals = {name: getattr(loop, name) for name in STAGES}
+
+    def timed(name: str, fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            out = fn(*args, **kwargs)
+            torch.cuda.synchronize()
+            seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - start, 3)
+            return out
+
+        return wrapper
+
+    for name, fn in originals.items():
+        setattr(loop, name, timed(name, fn))
+    try:
+        yield
+    finally:
+        for name, fn in originals.items():
+            setattr(loop, name, fn)
+
+
 def time_clip(models: Any, cond: Any, options: Any, generate: Any, frames: int) -> dict[str, Any]:
-    """Run one clip through the app's loop; stage times and peak memory."""
+    """Run one clip through the app's loop; stage times (each encode/decode function's seconds) and peak memory."""
     step_times: list[float] = []
+    stages: dict[str, float] = {}
 
     def on_step(segment: int, num_segments: int, step: int, num_steps: int) -> None:
         torch.cuda.synchronize()
@@ -244,7 +305,8 @@ def time_clip(models: Any, cond: Any, options: Any, generate: Any, frames: int) 
 
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    clips = [clip for clip in generate(models, cond, options, on_step=on_step)]
+    with stage_timers(stages):
+        clips = [clip for clip in generate(models, cond, options, on_step=on_step)]
     torch.cuda.synchronize()
     end = time.perf_counter()
     out_frames = sum(int(c.shape[0]) for c in clips)
@@ -260,6 +322,9 @@ def time_clip(models: Any, cond: Any, options: Any, generate: Any, frames: int) 
         "median_step_s (steps 2..N)": round(float(np.median(step_s)), 3) if step_s else None,
         "decode_and_to_uint8_s": round(end - step_times[-1], 2),
         "total_clip_s": round(end - start, 2),
+        "stage_s": stages,
+        # the clip less its steps, each counted at the median step time (step 1's own time is inside encode_s)
+        "non_transformer_s": round(end - start - len(step_times) * float(np.median(step_s)), 2) if step_s else None,
         "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1),
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 1),
     }

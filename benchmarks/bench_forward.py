@@ -48,35 +48,40 @@ MODES: dict[str, dict[str, Any] | None] = {
     # The fast path with torch's own SDPA dispatch (torch 2.11 picks the same cuDNN kernel) instead of diffusers'
     # forced "_native_cudnn", which copies q/k/v to contiguous memory first.
     "fast_sdpa": {"attention_backend": None},
-    "fast_sage": {"sage_attention": True},
     # The fast path with FlashAttention-4's bf16 kernel (PyPI flash-attn-4) for the blocks' self-attention.
     "fast_fa4": {"flash4_attention": True},
     # The same inside the denoising loop: the face motion features computed in an earlier step (wan/motion_cache.py).
     "fast_fa4_loop": {"flash4_attention": True, "reuse_motion": True},
+    # FlashAttention-3's bf16 forward (PyPI fa3-fwd), against FlashAttention-4.
+    "fast_fa3": {"fa3_attention": True},
+    # FP8 self-attention: FlashAttention-3's FP8 forward (the app's attention "fp8"), cuDNN's FP8 kernel (earlier).
     "fast_fp8attn": {"fp8_attention": True},
+    "fast_cudnnfp8attn": {"cudnn_fp8_attention": True},
     "fast_fp8": {"fp8_linears": True},
-    "fast_fp8_sage": {"fp8_linears": True, "sage_attention": True},
-    "fast_fp8_fp8attn": {"fp8_linears": True, "fp8_attention": True},
     "fast_fp8_fa4": {"fp8_linears": True, "flash4_attention": True},
+    "fast_fp8_cudnnfp8attn": {"fp8_linears": True, "cudnn_fp8_attention": True},
+    "fast_fp8_fp8attn": {"fp8_linears": True, "fp8_attention": True},
+    # The fastest combination as the loop runs it (motion features reused).
+    "fast_fp8_fp8attn_loop": {"fp8_linears": True, "fp8_attention": True, "reuse_motion": True},
 }
 COMPILE_ESTIMATE_S = 120.0  # budget guess for one regional compile before it has been measured
 
 
-def load_app_modules() -> tuple[Any, Any, dict[str, Any]]:
-    """wan/speed.py, wan/motion_cache.py and the 14B transformer config from wan/models.py, with the app folder
+def load_app_modules() -> tuple[Any, Any, Any, Any, dict[str, Any]]:
+    """wan/speed.py, wan/motion_cache.py, the attention kernels and the 14B transformer config, with the app folder
     imported as package `wan_animate` (torch, diffusers, transformers and opencv are all they need on the GPU
     machine)."""
     sys.path.insert(0, str(REPO_ROOT))
     from local_runner import load_app_package
 
     load_app_package()
-    from wan_animate.wan import models, motion_cache, speed
+    from wan_animate.wan import attention_kernels, cudnn_fp8, models, motion_cache, speed
 
-    return speed, motion_cache, models.ANIMATE_14B_DIFFUSERS_CONFIG
+    return speed, motion_cache, attention_kernels, cudnn_fp8, models.ANIMATE_14B_DIFFUSERS_CONFIG
 
 
 # the config of Wan-AI/Wan2.2-Animate-14B-Diffusers/transformer, as the app's loader uses it
-speed, motion_cache, FULL_CONFIG = load_app_modules()
+speed, motion_cache, attention_kernels, cudnn_fp8, FULL_CONFIG = load_app_modules()
 
 
 def log(msg: str) -> None:
@@ -102,7 +107,7 @@ def environment() -> dict[str, Any]:
         "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
-    for name in ("triton", "torchao", "sageattention", "nvidia-cudnn-frontend", "flash-attn-4", "nvidia-cutlass-dsl"):
+    for name in ("triton", "torchao", "fa3-fwd", "nvidia-cudnn-frontend", "flash-attn-4", "nvidia-cutlass-dsl"):
         try:
             from importlib.metadata import version
 
@@ -186,7 +191,8 @@ def count_host_syncs(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) ->
 
 def attention_microbench(token_counts: dict[str, int], heads: int, head_dim: int, reps: int) -> list[dict]:
     """Self-attention kernels alone at the model's shapes: diffusers backends that need no extra install, plus
-    SageAttention 1 through wan/speed.py. Deviation is against the `_native_flash` output."""
+    the project's kernels (wan/attention_kernels.py, wan/cudnn_fp8.py). Deviation is against the `_native_flash`
+    output (benchmarks/bench_attention.py compares against float32 attention, with outlier inputs too)."""
     from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
 
     rows = []
@@ -200,9 +206,10 @@ def attention_microbench(token_counts: dict[str, int], heads: int, head_dim: int
             name: functools.partial(dispatch_attention_fn, backend=AttentionBackendName(name))
             for name in ("native", "_native_cudnn", "_native_flash", "_native_efficient")
         }
-        kernels["sage1 (wan/speed.py)"] = speed.sage_attention
-        kernels["cudnn_fp8 (wan/speed.py)"] = speed.cudnn_fp8_attention
-        kernels["flash4 (wan/speed.py)"] = speed.flash4_attention
+        kernels["cudnn_fp8 (wan/cudnn_fp8.py)"] = cudnn_fp8.cudnn_fp8_attention
+        kernels["flash4 (wan/attention_kernels.py)"] = attention_kernels.flash4_attention
+        kernels["fa3 bf16 (wan/attention_kernels.py)"] = attention_kernels.fa3_attention
+        kernels["fa3 fp8 (wan/attention_kernels.py)"] = attention_kernels.fa3_fp8_attention
         ref = None
         flops = 4 * tokens * tokens * head_dim * heads
         for name, fn in kernels.items():
@@ -250,8 +257,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"# Wan-Animate transformer forward: {env.get('gpu')}",
         "",
         f"torch {env.get('torch')} (CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}), diffusers "
-        f"{env.get('diffusers')}, torchao {env.get('torchao')}, triton {env.get('triton')}, sageattention "
-        f"{env.get('sageattention')}; {env.get('date')}",
+        f"{env.get('diffusers')}, torchao {env.get('torchao')}, triton {env.get('triton')}, fa3-fwd "
+        f"{env.get('fa3-fwd')}, flash-attn-4 {env.get('flash-attn-4')}; {env.get('date')}",
         "",
         "| resolution | mode | median s | speed-up vs diffusers | first call s | peak GiB | rel L2 vs diffusers |",
         "| --- | --- | --- | --- | --- | --- | --- |",

@@ -21,7 +21,7 @@ CPU = torch.device("cpu")
     ("setup", "world_size", "device", "field"),
     [
         ({"offload_model": True}, 2, CPU, "offload_model"),
-        ({"attention": "sage"}, 2, CPU, "attention"),
+        ({"attention": "fp8"}, 2, CPU, "attention"),
         ({"attention": "fp8"}, 2, torch.device("cuda", 0), "attention"),
         ({"context_parallel": "ulysses"}, 3, torch.device("cuda", 0), "context_parallel"),  # 40 heads
         ({"context_parallel": "ulysses", "preset": "smoke"}, 4, CPU, "context_parallel"),  # the tiny model's 2 heads

@@ -77,3 +77,18 @@ def test_uncompiled_workers_are_not_touched() -> None:
     assert runtime_module.runs_compiled(rt, request(), 720, 1280, [])
     rt.speed = None  # CPU or offloaded worker
     assert runtime_module.runs_compiled(rt, request(offload_model=True), 720, 1280, [])
+
+
+def test_attention_fp8_is_refused_where_flashattention3_cannot_run(monkeypatch) -> None:
+    """'fp8' runs fa3-fwd's Hopper kernel: elsewhere the worker refuses it at setup, naming the field and the fix."""
+    import pytest
+    import torch
+
+    kernels = import_app_module("wan.attention_kernels")
+    InputError = import_app_module("errors").InputError
+    with pytest.raises(InputError) as info:
+        runtime_module._check_attention_choice(inference.AppSetup(attention="fp8"), torch.device("cpu"))
+    assert info.value.field == "attention" and "Hopper" in info.value.message
+    runtime_module._check_attention_choice(inference.AppSetup(attention="default"), torch.device("cpu"))
+    monkeypatch.setattr(kernels, "fa3_available", lambda device: True)
+    runtime_module._check_attention_choice(inference.AppSetup(attention="fp8"), torch.device("cpu"))

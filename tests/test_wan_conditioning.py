@@ -139,6 +139,42 @@ def test_animation_guide_is_grey_then_carried_frames(models) -> None:
     assert torch.all(later[:, :4, :2] == 1) and torch.count_nonzero(later[:, :4, 2:]) == 0
 
 
+def test_first_clip_guide_is_encoded_once_per_shape_and_bit_identical() -> None:
+    """The mid-grey first-clip guide is the same input every request: the VAE encodes it once per shape, and the
+    cached condition equals a fresh encode bit for bit. Carried frames and replacement guides are never cached."""
+    models = build_tiny_models()
+    calls = []
+    encode = models.vae.encode
+
+    def counting_encode(video):
+        calls.append(tuple(video.shape))
+        return encode(video)
+
+    models.vae.encode = counting_encode
+    first = clip_condition(models, 9, 64, 64, CPU)
+    again = clip_condition(models, 9, 64, 64, CPU)
+    assert len(calls) == 1 and torch.equal(first, again)
+    fresh = torch.cat([torch.zeros(1, 4, 3, 8, 8), vae_encode(build_tiny_models(), torch.zeros(1, 3, 9, 64, 64))], 1)
+    assert torch.equal(again, fresh)
+    clip_condition(models, 5, 64, 64, CPU)  # another clip length: its own entry
+    clip_condition(models, 9, 64, 64, CPU, carried=torch.zeros(1, 3, 64, 64))
+    cond = tiny_conditioning(9, mode="replacement", seed=9)
+    clip_condition(models, 9, 64, 64, CPU, background=cond.background_frames, mask=cond.mask_frames)
+    clip_condition(models, 9, 64, 64, CPU, background=cond.background_frames, mask=cond.mask_frames)
+    assert len(calls) == 5 and len(models.blank_guide_cache) == 2
+
+
+def test_worker_setup_fills_the_prompt_and_blank_guide_caches() -> None:
+    from wan_animate.wan.generate import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT, warm_up_encoders
+
+    models = build_tiny_models()
+    warm_up_encoders(models, 64, 64, clip_len=9)
+    assert set(models.prompt_cache) == {DEFAULT_PROMPT, DEFAULT_NEGATIVE_PROMPT}
+    torch.testing.assert_close(models.prompt_cache[DEFAULT_PROMPT], encode_prompt(models, DEFAULT_PROMPT, CPU),
+                               rtol=0, atol=0)  # fmt: skip
+    assert list(models.blank_guide_cache) == [(9, 64, 64, "cpu", torch.float32)]
+
+
 def test_replacement_guide_is_background_and_inverted_mask(models) -> None:
     cond = tiny_conditioning(9, mode="replacement", seed=9)
     first = clip_condition(models, 9, 64, 64, CPU, background=cond.background_frames, mask=cond.mask_frames)

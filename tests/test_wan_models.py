@@ -163,6 +163,9 @@ def test_load_models_from_local_files(tmp_path: Path) -> None:
         assert torch.equal(base[key], value), key
     ids = models.tokenizer(["dance monkey"]).input_ids
     assert ids == tiny.tokenizer(["dance monkey"]).input_ids
+    assert next(models.vae.parameters()).dtype == torch.float32  # official
+    bf16_vae = load_models(paths, device="cpu", dtype=torch.float32, vae_dtype=torch.bfloat16).vae  # the opt-in
+    assert {p.dtype for p in bf16_vae.parameters()} == {torch.bfloat16}
 
 
 def test_load_models_names_missing_subfolders(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from wan_animate.wan import parallel, speed
+from wan_animate.wan import attention_kernels, parallel, speed
 
 APP_ROOT = Path(__file__).resolve().parents[1]
 WORKER = APP_ROOT / "tests" / "cp_worker.py"
@@ -140,11 +140,11 @@ def test_unsupported_combinations_are_refused():
     with pytest.raises(ValueError, match="log-sum-exp"):
         parallel.check_context_parallel_support(transformer, "ring")  # CPU: plain SDPA, no LSE
     parallel.check_context_parallel_support(transformer, "ulysses")
-    speed.use_self_attention_fn(transformer, speed.sdpa_attention)
+    speed.use_self_attention_fn(transformer, attention_kernels.sdpa_attention)
     with pytest.raises(ValueError, match="do not split across GPUs"):
         parallel.check_context_parallel_support(transformer, "ulysses")
     with pytest.raises(ValueError, match="cannot be combined"):
-        speed.apply_speed_options(transformer, speed.SpeedOptions(context_parallel="ulysses", sage_attention=True))
+        speed.apply_speed_options(transformer, speed.SpeedOptions(context_parallel="ulysses", fp8_attention=True))
 
 
 def test_distributed_env_from_torchrun_variables():

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from wan_animate.wan import speed
+from wan_animate.wan import attention_kernels, cudnn_fp8, speed
 
 # Tiny config of the real class (diffusers' own test config, plus the I2V image projection the 14B model has).
 TINY_CONFIG = {
@@ -63,7 +63,7 @@ def test_default_options_are_the_exact_fast_path():
     assert options.attention_backend == speed.DEFAULT_ATTENTION_BACKEND
     assert options.compile_blocks is True
     assert options.fp8_linears is False
-    assert options.sage_attention is False
+    assert options.fp8_attention is False
 
 
 def test_example_inputs_have_one_clip_shapes_at_720p():
@@ -105,13 +105,13 @@ def test_opt_in_modes_need_cuda():
     with pytest.raises(RuntimeError, match="CUDA"):
         speed.apply_speed_options(model, speed.SpeedOptions(fp8_linears=True, compile_blocks=False))
     with pytest.raises(RuntimeError, match="CUDA"):
-        speed.apply_speed_options(model, speed.SpeedOptions(sage_attention=True, compile_blocks=False))
+        speed.apply_speed_options(model, speed.SpeedOptions(cudnn_fp8_attention=True, compile_blocks=False))
     with pytest.raises(RuntimeError, match="CUDA"):
         speed.apply_speed_options(model, speed.SpeedOptions(fp8_attention=True, compile_blocks=False))
     with pytest.raises(RuntimeError, match="CUDA"):
         speed.apply_speed_options(model, speed.SpeedOptions(flash4_attention=True, compile_blocks=False))
     with pytest.raises(ValueError, match="one self-attention kernel"):
-        speed.apply_speed_options(model, speed.SpeedOptions(sage_attention=True, fp8_attention=True))
+        speed.apply_speed_options(model, speed.SpeedOptions(cudnn_fp8_attention=True, fp8_attention=True))
     with pytest.raises(ValueError, match="one self-attention kernel"):
         speed.apply_speed_options(model, speed.SpeedOptions(flash4_attention=True, fp8_attention=True))
     with pytest.raises(ValueError, match="flash4_attention bypasses"):
@@ -119,29 +119,29 @@ def test_opt_in_modes_need_cuda():
 
 
 def test_flash4_is_unavailable_off_hopper_and_blackwell():
-    assert not speed.flash4_available("cpu")
-    assert not speed.default_uses_flash4("cpu")
+    assert not attention_kernels.flash4_available("cpu")
+    assert not attention_kernels.default_uses_flash4("cpu")
 
 
 def test_default_falls_back_to_cudnn_when_flash4_fails_its_self_check(monkeypatch, caplog):
     """Where FA4 imports but its kernel cannot be built or is wrong, the worker logs why and keeps cuDNN attention;
     under context parallelism it is never tried. (The kernel is faked on the CPU: the real one needs a GPU.)"""
-    monkeypatch.setattr(speed, "flash4_available", lambda device: True)
+    monkeypatch.setattr(attention_kernels, "flash4_available", lambda device: True)
 
     def broken(query, key, value):
         raise RuntimeError("CuTe DSL: cannot compile for this driver")
 
-    monkeypatch.setattr(speed, "flash4_attention", broken)
-    with caplog.at_level("WARNING", logger=speed.__name__):
-        assert not speed.default_uses_flash4("cpu")
+    monkeypatch.setattr(attention_kernels, "flash4_attention", broken)
+    with caplog.at_level("WARNING", logger=attention_kernels.__name__):
+        assert not attention_kernels.default_uses_flash4("cpu")
     assert "cuDNN attention instead: RuntimeError: CuTe DSL: cannot compile" in caplog.text
-    monkeypatch.setattr(speed, "flash4_attention", lambda query, key, value: torch.zeros_like(query))
-    assert "relative error 1 " in speed.flash4_self_check("cpu")
-    assert not speed.default_uses_flash4("cpu")
-    monkeypatch.setattr(speed, "flash4_attention", speed.sdpa_attention)
-    assert speed.flash4_self_check("cpu") is None
-    assert speed.default_uses_flash4("cpu")
-    assert not speed.default_uses_flash4("cpu", context_parallel="ulysses")
+    monkeypatch.setattr(attention_kernels, "flash4_attention", lambda query, key, value: torch.zeros_like(query))
+    assert "relative error 1 " in attention_kernels.flash4_self_check("cpu")
+    assert not attention_kernels.default_uses_flash4("cpu")
+    monkeypatch.setattr(attention_kernels, "flash4_attention", attention_kernels.sdpa_attention)
+    assert attention_kernels.flash4_self_check("cpu") is None
+    assert attention_kernels.default_uses_flash4("cpu")
+    assert not attention_kernels.default_uses_flash4("cpu", context_parallel="ulysses")
 
 
 def test_flash4_internal_forward_takes_the_tile_arguments():
@@ -157,11 +157,11 @@ def test_flash4_internal_forward_takes_the_tile_arguments():
 def test_fp8_per_tensor_quantization_round_trip():
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(2, 64, 3, 16, generator=gen, dtype=torch.float32) * 7.0
-    x_fp8, descale = speed.quantize_fp8_per_tensor(x)
+    x_fp8, descale = cudnn_fp8.quantize_fp8_per_tensor(x)
     assert x_fp8.dtype == torch.float8_e4m3fn and descale.shape == (1, 1, 1, 1)
     # The largest magnitude maps to the top of the e4m3 range; descale undoes the scale.
-    assert x_fp8.float().abs().max().item() == speed.FP8_E4M3_MAX
-    torch.testing.assert_close(descale.reshape(()), x.abs().max() / speed.FP8_E4M3_MAX)
+    assert x_fp8.float().abs().max().item() == attention_kernels.FP8_E4M3_MAX
+    torch.testing.assert_close(descale.reshape(()), x.abs().max() / attention_kernels.FP8_E4M3_MAX)
     # e4m3 keeps 3 mantissa bits: relative rounding error at most 2^-4 per element for normal numbers.
     assert rel_l2(x_fp8.float() * descale, x) < 2**-4
 
@@ -200,7 +200,7 @@ def test_self_attention_processor_reproduces_diffusers():
     model = tiny_model()
     inputs = tiny_inputs(model)
     ref = speed.run_forward(model, inputs)
-    changed = speed.use_self_attention_fn(model, speed.sdpa_attention)
+    changed = speed.use_self_attention_fn(model, attention_kernels.sdpa_attention)
     assert changed == 2
     assert all(isinstance(b.attn1.processor, speed.WanSelfAttentionProcessor) for b in model.blocks)
     out = speed.run_forward(model, inputs)
@@ -213,7 +213,7 @@ def test_self_attention_processor_with_fused_projections():
     ref = speed.run_forward(model, inputs)
     for block in model.blocks:
         block.attn1.fuse_projections()
-    speed.use_self_attention_fn(model, speed.sdpa_attention)
+    speed.use_self_attention_fn(model, attention_kernels.sdpa_attention)
     assert rel_l2(speed.run_forward(model, inputs), ref) < 1e-6
 
 
@@ -283,22 +283,11 @@ def test_cuda_default_path_keeps_output():
 
 
 @pytest.mark.gpu
-def test_cuda_sage_attention_head_dim_128():
-    # SageAttention 1 supports head dims 64/96/128 only; check the kernel directly at the model's head dim.
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(1, 1024, 4, 128, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
-    ref = speed.sdpa_attention(q.float(), k.float(), v.float())
-    out = speed.sage_attention(q, k, v)
-    assert out.shape == q.shape and out.dtype == torch.bfloat16
-    assert rel_l2(out.float(), ref) < 5e-2
-
-
-@pytest.mark.gpu
 def test_cuda_cudnn_fp8_attention_against_sdpa():
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(1, 1024, 4, 128, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
-    ref = speed.sdpa_attention(q.float(), k.float(), v.float())
-    out = speed.cudnn_fp8_attention(q, k, v)
+    ref = attention_kernels.sdpa_attention(q.float(), k.float(), v.float())
+    out = cudnn_fp8.cudnn_fp8_attention(q, k, v)
     assert out.shape == q.shape and out.dtype == torch.bfloat16
     deviation = rel_l2(out.float(), ref)
     print(f"cuDNN FP8 attention relative L2 vs fp32 SDPA: {deviation:.4f}")
@@ -307,14 +296,14 @@ def test_cuda_cudnn_fp8_attention_against_sdpa():
 
 @pytest.mark.gpu
 def test_cuda_flash4_attention_against_sdpa():
-    if not speed.flash4_available("cuda"):
+    if not attention_kernels.flash4_available("cuda"):
         pytest.skip("flash-attn-4 not installed, or not a Hopper/Blackwell GPU")
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(1, 1024, 4, 128, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
-    ref = speed.sdpa_attention(q.float(), k.float(), v.float())
-    out = speed.flash4_attention(q, k, v)
-    bf16_kernel = speed.sdpa_attention(q, k, v).float()
-    assert speed.default_uses_flash4("cuda")  # the self-check passes where the kernel runs
+    ref = attention_kernels.sdpa_attention(q.float(), k.float(), v.float())
+    out = attention_kernels.flash4_attention(q, k, v)
+    bf16_kernel = attention_kernels.sdpa_attention(q, k, v).float()
+    assert attention_kernels.default_uses_flash4("cuda")  # the self-check passes where the kernel runs
     assert out.shape == q.shape and out.dtype == torch.bfloat16
     # Exact attention: as close to the float32 reference as torch's own bf16 kernel, within rounding.
     assert rel_l2(out.float(), ref) < 2 * rel_l2(bf16_kernel, ref) + 1e-3
@@ -322,7 +311,7 @@ def test_cuda_flash4_attention_against_sdpa():
 
 @pytest.mark.gpu
 def test_cuda_flash4_path_keeps_output():
-    if not speed.flash4_available("cuda"):
+    if not attention_kernels.flash4_available("cuda"):
         pytest.skip("flash-attn-4 not installed, or not a Hopper/Blackwell GPU")
     model = tiny_model(device="cuda", dtype=torch.bfloat16, head_dim=128)
     inputs = tiny_inputs(model, device="cuda", dtype=torch.bfloat16)
@@ -336,12 +325,14 @@ def test_cuda_flash4_path_keeps_output():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("option", ["fp8_attention", "sage_attention", "flash4_attention"])
+@pytest.mark.parametrize("option", ["fp8_attention", "cudnn_fp8_attention", "flash4_attention", "fa3_attention"])
 def test_cuda_kernel_option_compiles_in_a_fresh_process(option):
     """The kernels' custom ops must exist before compile traces the blocks (registering one inside a trace fails):
     a fresh process, where nothing registered them yet, runs a compiled forward with the option."""
-    if option == "flash4_attention" and not speed.flash4_available("cuda"):
+    if option == "flash4_attention" and not attention_kernels.flash4_available("cuda"):
         pytest.skip("flash-attn-4 not installed, or not a Hopper/Blackwell GPU")
+    if option in ("fp8_attention", "fa3_attention") and not attention_kernels.fa3_available("cuda"):
+        pytest.skip("fa3-fwd not installed, or not a Hopper GPU")
     import subprocess
     import sys
     from pathlib import Path

@@ -181,10 +181,17 @@ def clip_condition(
     Animation (background None): guide = carried frames then mid-grey (0); mask 1 on the carried frames only.
     Replacement: guide = carried frames then the background frames; mask = 1 - person mask (keep the scene), and 1
     on the carried frames. Exactly the official generate()'s y_reft / msk_reft for both modes.
+    The animation guide of a first clip (no carried frames) is encoded once per shape and then read from
+    `models.blank_guide_cache` (a whole VAE encode of the clip per request saved; callers do not modify it).
     """
     lat_t = (clip_len - 1) // VAE_STRIDE_T + 1
     lat_h, lat_w = height // VAE_STRIDE_HW, width // VAE_STRIDE_HW
     mask_len = 0 if carried is None else int(carried.shape[0])
+    blank_key = None
+    if carried is None and background is None and mask is None:  # the same mid-grey guide every request
+        blank_key = (clip_len, height, width, str(device), next(models.vae.parameters()).dtype)
+        if blank_key in models.blank_guide_cache:
+            return models.blank_guide_cache[blank_key]
     if background is None:
         pixels = torch.zeros(1, 3, clip_len, height, width, device=device)
     else:
@@ -197,4 +204,7 @@ def clip_condition(
         keep = 1.0 - torch.from_numpy(np.ascontiguousarray(mask)).to(device).float()  # (T, H, W): 1 = keep the scene
         pixel_mask = F.interpolate(keep[:, None], size=(lat_h, lat_w), mode="nearest")[:, 0].unsqueeze(0)
     msk = i2v_mask(lat_t, lat_h, lat_w, mask_len, pixel_mask, device=device)
-    return torch.cat([msk, latents], dim=1)
+    condition = torch.cat([msk, latents], dim=1)
+    if blank_key is not None:
+        models.blank_guide_cache[blank_key] = condition
+    return condition

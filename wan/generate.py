@@ -347,3 +347,12 @@ def generate(
     """
     for clip in _generate_on_device(models, cond, options, on_step, should_cancel):
         yield to_uint8(clip)  # converted on the device: only uint8 crosses to the CPU
+
+
+def warm_up_encoders(models: WanAnimateModels, height: int, width: int, clip_len: int = 77) -> None:
+    """At worker setup (all models on the device): encode the default prompts and the first clip's blank guide for
+    the default request shape, so the first request does not pay them (both are then read from the models' caches,
+    bit-identical to encoding them again) and the text encoder's and VAE's kernels are loaded."""
+    device = models.device
+    _prompt_embeddings(models, [DEFAULT_PROMPT, DEFAULT_NEGATIVE_PROMPT], device, "none")
+    clip_condition(models, clip_len, height, width, device)

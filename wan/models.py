@@ -118,6 +118,9 @@ class WanAnimateModels:
     distill: DistillLora | None = None  # the 4-step distillation LoRA, when loaded
     # Encoded prompts by text, (1, 512, text_dim) on `device`: the default prompts are encoded once per worker.
     prompt_cache: dict[str, torch.Tensor] = field(default_factory=dict)
+    # The first clip's animation guide (mid-grey video, no carried frames) through the VAE, by (frames, height, width,
+    # device, VAE dtype): the same input every request, so it is encoded once per shape (wan.conditioning).
+    blank_guide_cache: dict[tuple, torch.Tensor] = field(default_factory=dict)
 
 
 def keep_fp32_modules(transformer: torch.nn.Module) -> torch.nn.Module:
@@ -246,11 +249,12 @@ def load_models(
     device: torch.device | str = "cuda",
     dtype: torch.dtype = torch.bfloat16,
     offload: str | bool = "none",
+    vae_dtype: torch.dtype = torch.float32,
 ) -> WanAnimateModels:
     """Load every component from local files and place them for `offload` ('none' | 'model' | 'auto').
 
     `paths` is a ModelPaths or the app's weights.WeightPaths. Dtypes follow the official code: transformer and
-    UMT5 in `dtype` (bf16), CLIP in float16, VAE in float32.
+    UMT5 in `dtype` (bf16), CLIP in float16, VAE in float32 (`vae_dtype` bf16: the opt-in faster VAE, BENCHMARKS.md).
     """
     from diffusers import AutoencoderKLWan
     from transformers import AutoTokenizer, CLIPImageProcessor, CLIPVisionModel, UMT5EncoderModel
@@ -278,7 +282,7 @@ def load_models(
         if not Path(paths.distill_lora).is_file():
             raise FileNotFoundError(f"distillation LoRA {paths.distill_lora} not found")
         distill = load_distill_lora(transformer, Path(paths.distill_lora))
-    vae = AutoencoderKLWan.from_pretrained(str(root / "vae"), torch_dtype=torch.float32).eval().requires_grad_(False)
+    vae = AutoencoderKLWan.from_pretrained(str(root / "vae"), torch_dtype=vae_dtype).eval().requires_grad_(False)
     text_encoder = UMT5EncoderModel.from_pretrained(str(root / "text_encoder"), dtype=dtype)
     image_encoder = CLIPVisionModel.from_pretrained(
         str(root / "image_encoder"), dtype=image_encoder_dtype(device, dtype)

@@ -277,7 +277,7 @@ def _self_attention_backend(transformer: torch.nn.Module) -> str:
 def check_context_parallel_support(transformer: torch.nn.Module, mode: ContextParallelMode) -> None:
     """Refuse the combinations context parallelism cannot run, with the reason.
 
-    The project's own self-attention kernels (SageAttention, FlashAttention-4, cuDNN FP8: `use_self_attention_fn`) bypass
+    The project's own self-attention kernels (FlashAttention-4, FlashAttention-3, cuDNN FP8: `use_self_attention_fn`) bypass
     diffusers' dispatcher, so nothing would exchange tokens across ranks; group offload streams blocks through hooks
     that the split hooks would have to interleave with (not supported); ring needs a kernel returning the LSE.
     """
@@ -287,7 +287,7 @@ def check_context_parallel_support(transformer: torch.nn.Module, mode: ContextPa
         if type(block.attn1.processor) is not WanAttnProcessor:
             raise ValueError(
                 f"block {index} self-attention uses {type(block.attn1.processor).__name__}; context parallelism "
-                "needs diffusers' WanAttnProcessor (the project's own kernels: attention 'sage', 'fp8' and the one-GPU "
+                "needs diffusers' WanAttnProcessor (the project's own kernels: attention 'fp8' and the one-GPU "
                 "FlashAttention-4, do not split across GPUs)"
             )
     if getattr(transformer, "_parallel_config", None) is not None:

@@ -24,35 +24,16 @@ CPU = ["CPUExecutionProvider"]
 # --- YOLOv10m ----------------------------------------------------------------------------------------
 
 
-def test_yolov10m_computes_what_ultralytics_yolov10m_computes():
-    pytest.importorskip("ultralytics")
-    from ultralytics import YOLO
+def test_yolov10m_has_the_released_size_and_output():
+    """The benchmark's YOLOv10m stand-in: YOLOv10-M's 15.4M parameters and the end-to-end (N, 300, 6) output.
 
-    reference = YOLO("yolov10m.yaml").model.eval()  # built from the yaml, random weights, nothing downloaded
-    head = reference.model[-1]
-    # the one-to-many head (training only) and the fixed DFL weights are not in the inference graph
-    skipped = ("model.23.cv2.", "model.23.cv3.", "model.23.dfl.")
-    theirs = {k: v for k, v in reference.state_dict().items() if not k.startswith(skipped)}
+    (It was also compared against ultralytics' own yolov10m on shared weights while ultralytics was installed;
+    ultralytics is AGPL-3.0 and no longer a dependency of the app or its tests.)"""
     ours = pm.YoloV10(pm.YOLOV10M).eval()
-    assert [tuple(v.shape) for v in ours.state_dict().values()] == [tuple(v.shape) for v in theirs.values()]
-    assert sum(p.numel() for p in ours.parameters()) == 15_389_952  # YOLOv10-M: 15.4M parameters
-    generator = torch.Generator().manual_seed(0)
-    values = {}
-    for (key, value), our_key in zip(theirs.items(), ours.state_dict(), strict=True):
-        if value.dtype.is_floating_point:  # random weights, positive variances, for both models alike
-            value = torch.rand(value.shape, generator=generator) + 0.5 if key.endswith("running_var") else (
-                torch.randn(value.shape, generator=generator) * 0.1)  # fmt: skip
-        values[key], values[our_key] = value, value
-    reference.load_state_dict({**reference.state_dict(), **{k: values[k] for k in theirs}})
-    ours.load_state_dict({k: values[k] for k in ours.state_dict()})
-    head.export = True  # the end-to-end output alone, as exported
-    images = torch.rand(2, 3, 320, 320, generator=generator)
+    assert sum(p.numel() for p in ours.parameters()) == 15_389_952
     with torch.no_grad():
-        expected = reference(images)
-        got = ours(images)
-    expected = expected[0] if isinstance(expected, (tuple, list)) else expected
-    assert got.shape == expected.shape == (2, 300, 6)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-3)
+        got = ours(torch.rand(1, 3, 320, 320, generator=torch.Generator().manual_seed(0)))
+    assert got.shape == (1, 300, 6)
 
 
 def test_random_yolo_finds_people_and_nothing_else():

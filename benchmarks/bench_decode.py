@@ -77,7 +77,7 @@ def decode_decord(path: Path, threads: int) -> int:
 
 
 def decode_ffmpeg_pipe(path: Path) -> int:
-    from wan_animate.preprocess.video_io import probe_video
+    from wan_animate.preprocess.video_decode import probe_video
 
     info = probe_video(path)
     size = info.width * info.height * 3
@@ -95,7 +95,7 @@ def decode_ffmpeg_pipe(path: Path) -> int:
 
 
 def decode_pyav(path: Path) -> int:
-    from wan_animate.preprocess.video_io import iter_frames, probe_video
+    from wan_animate.preprocess.video_decode import iter_frames, probe_video
 
     return sum(len(c) for c in iter_frames(path, list(range(probe_video(path).frames))))
 
@@ -139,23 +139,24 @@ def _rss_mb() -> float:
 def measure_path(path_name: str, clip: Path, frames: int) -> dict:
     """In this (fresh) process: run one path over `frames` frames; peak RSS before and after."""
     import cv2
+    from wan_animate.preprocess import video_decode as vdec
     from wan_animate.preprocess import video_io as vio
 
     indices = list(range(frames))
-    vio.probe_video(clip)
+    vdec.probe_video(clip)
     base = _rss_mb()
     began = time.perf_counter()
     if path_name == "decode_old":  # the previous app: decord chunks of 32 at the source size, resized after
-        for chunk in vio.iter_frames(clip, indices, chunk=32):
+        for chunk in vdec.iter_frames(clip, indices, chunk=32):
             np.stack([vio.resize_by_area(f, 1280 * 720) for f in chunk])
     elif path_name == "decode":
         shrink = lambda f: cv2.resize(f, (1280, 720), interpolation=cv2.INTER_AREA)  # noqa: E731
-        for _ in vio.iter_frames(clip, indices, chunk=32, transform=shrink):
+        for _ in vdec.iter_frames(clip, indices, chunk=32, transform=shrink):
             pass
     else:
         from wan_animate.preprocess import pipeline
 
-        info = vio.probe_video(clip)
+        info = vdec.probe_video(clip)
         models = pipeline.PreprocessModels(pose_estimator=StandInPose())
         area = 1280 * 720
         if path_name == "animation":

@@ -70,7 +70,8 @@ def make_driving_clip(path: Path, frames: int, fps: float, width: int, height: i
     camera footage; grain brings the bitrate nearer a real clip's), and encoded by the app's own writer.
     """
     import cv2
-    from wan_animate.preprocess.video_io import probe_video, read_frames, write_video
+    from wan_animate.preprocess.video_decode import probe_video, read_frames
+    from wan_animate.preprocess.video_io import write_video
 
     info = probe_video(source)
     src = read_frames(source, list(range(info.frames)))
@@ -375,7 +376,7 @@ def run_preprocess(name: str, clip: Path, options: Any, models: Any, cuda: bool,
 def warm_up_segmenter(segmenter: Any, clip: Path, frames: int = 4) -> float:
     """One short SAM2 segmentation (a click in the middle of the first frame): pays the first-use costs of this
     precision's kernels outside the timed run. Returns its seconds."""
-    from wan_animate.preprocess.video_io import read_frames
+    from wan_animate.preprocess.video_decode import read_frames
 
     images = read_frames(clip, list(range(frames)))
     began = time.perf_counter()

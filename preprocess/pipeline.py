@@ -44,17 +44,13 @@ from .pose import PoseEstimator, fill_invalid_bodies
 from .pose_meta import PoseMeta
 from .skeleton import render_pose
 from .tracking import PersonChoice, parse_person, performer_boxes, scale_choice
-from .video_decode import Transform, frame_indices_by_time
+from .video_decode import Transform, VideoInfo, frame_indices_by_time, iter_frames, probe_video, read_frames
 from .video_io import (
-    VideoInfo,
     check_frame_shape,
     frame_indices_for_fps,
-    iter_frames,
     letterbox,
     load_image,
     official_frame_count,
-    probe_video,
-    read_frames,
     resize_by_area,
     target_size,
     write_video,

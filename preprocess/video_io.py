@@ -1,6 +1,6 @@
-"""Reading the user's video and image, the official frame-size and frame-rate rules, writing MP4s.
+"""Reading the user's image, the official frame-size and frame-rate rules, writing MP4s.
 
-Probing and decoding live in video_decode (PyAV) and are re-exported here; encoding uses the ffmpeg binary
+Probing and decoding the driving video live in video_decode (PyAV); encoding uses the ffmpeg binary
 that imageio-ffmpeg bundles (no system ffmpeg is assumed). Every user-fixable failure becomes an InputError
 naming the input (`driving_video` / `reference_image`).
 """
@@ -22,14 +22,7 @@ import numpy as np
 
 from ..errors import InputError, check_cancel
 from ..limits import LIMITS
-from .video_decode import (  # noqa: F401  (decoding lives in video_decode; its names stay importable from here)
-    READ_CHUNK,
-    VIDEO_FIELD,
-    VideoInfo,
-    iter_frames,
-    probe_video,
-    read_frames,
-)
+from .video_decode import VideoInfo
 
 logger = logging.getLogger(__name__)
 

@@ -139,7 +139,7 @@ def test_mask_agreement_and_generation_estimate():
 
 
 def test_driving_clip_is_made_from_the_example(tmp_path):
-    from wan_animate.preprocess.video_io import probe_video
+    from wan_animate.preprocess.video_decode import probe_video
 
     clip = bench.make_driving_clip(tmp_path / "clip.mp4", frames=20, fps=30.0, width=320, height=180, grain=2.0)
     info = probe_video(clip)

@@ -14,6 +14,7 @@ import pytest
 from conftest import fixture_path
 from wan_animate.errors import InputError
 from wan_animate.preprocess import pipeline
+from wan_animate.preprocess import video_decode as vdec
 from wan_animate.preprocess import video_io as vio
 
 W, H, N, FPS = 160, 90, 12, 12
@@ -40,7 +41,7 @@ def _source_frames() -> np.ndarray:
     """(N, H, W, 3): frames of the real fixture, shrunk, each with a 14x14 white marker at x = 6 + 12 * i."""
     import cv2
 
-    real = vio.read_frames(fixture_path("driving_two_people_3s_small.mp4"), [7 * i for i in range(N)])
+    real = vdec.read_frames(fixture_path("driving_two_people_3s_small.mp4"), [7 * i for i in range(N)])
     frames = np.stack([cv2.resize(f, (W, H), interpolation=cv2.INTER_AREA) for f in real])
     for i, frame in enumerate(frames):
         frame[38:52, 6 + 12 * i : 20 + 12 * i] = 255
@@ -85,11 +86,11 @@ def _identities(decoded: np.ndarray, sources: np.ndarray) -> tuple[list[int], li
 @pytest.mark.parametrize("name", list(CODECS))
 def test_every_codec_decodes_the_right_frames(name, videos, sources):
     path = videos[name]
-    info = vio.probe_video(path)
+    info = vdec.probe_video(path)
     assert (info.frames, info.width, info.height) == (N, W, H)
     assert info.fps == pytest.approx(FPS) and info.duration == pytest.approx(N / FPS, abs=0.01)
     assert not info.variable_rate
-    frames = vio.read_frames(path, list(range(N)))
+    frames = vdec.read_frames(path, list(range(N)))
     assert frames.shape == (N, H, W, 3)
     which, error = _identities(frames, sources)
     assert which == list(range(N))
@@ -97,13 +98,13 @@ def test_every_codec_decodes_the_right_frames(name, videos, sources):
     # non-sequential picks, as the pipeline makes them for a lower fps, in chunks: the same pixels
     picked = pipeline._frame_indices(info, 5)
     assert picked == [0, 2, 5, 7, 10]
-    chunks = list(vio.iter_frames(path, picked, chunk=2))
+    chunks = list(vdec.iter_frames(path, picked, chunk=2))
     np.testing.assert_array_equal(np.concatenate(chunks), frames[picked])
 
 
 def test_any_order_and_repeats(videos, sources):
     order = [5, 0, 11, 5, 5, 3]
-    frames = vio.read_frames(videos["hevc_mp4"], order)
+    frames = vdec.read_frames(videos["hevc_mp4"], order)
     assert _identities(frames, sources)[0] == order
 
 
@@ -114,14 +115,14 @@ def test_rotated_phone_videos_come_out_upright(degrees, suffix, videos, tmp_path
     cmd = [vio.ffmpeg_exe(), "-v", "error", "-y", "-display_rotation", str(degrees), "-i", str(videos["h264_mp4"]),
            "-c", "copy", str(rotated)]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True, timeout=60)
-    info = vio.probe_video(rotated)
+    info = vdec.probe_video(rotated)
     width, height = (H, W) if degrees in (90, 270) else (W, H)
     assert (info.width, info.height, info.rotation) == (width, height, degrees)
-    ours = vio.read_frames(rotated, list(range(N)))
+    ours = vdec.read_frames(rotated, list(range(N)))
     theirs = _ffmpeg_decode(rotated, width, height)  # ffmpeg's own auto-rotation
     assert ours.shape == theirs.shape == (N, height, width, 3)
     assert np.abs(ours.astype(int) - theirs).mean() < 1.0
-    unrotated = vio.read_frames(videos["h264_mp4"], [0])[0]
+    unrotated = vdec.read_frames(videos["h264_mp4"], [0])[0]
     assert not np.array_equal(ours[0], unrotated) if degrees == 180 else ours[0].shape != unrotated.shape
 
 
@@ -129,14 +130,14 @@ def test_variable_frame_rate_picks_frames_by_time(sources, tmp_path):
     # frames 0-5 one per 1/6 s, frames 6-11 one per 1/24 s: 1.0 s + 0.25 s
     options = ["-vf", "setpts='if(lt(N,6),N*4,24+(N-6))'", "-fps_mode", "vfr", "-c:v", "libx264", "-pix_fmt", "yuv420p"]
     vfr = _encode(sources, tmp_path / "vfr.mp4", options, rate=24)  # time base 1/24 s
-    info = vio.probe_video(vfr)
+    info = vdec.probe_video(vfr)
     assert info.frames == N and info.variable_rate
     assert info.frame_times[:7] == pytest.approx([0, 1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1.0], abs=1e-3)
     # at 12 fps, the frame on screen at i / 12 s: frames 0-5 each twice, then the fast part every other frame
     picked = pipeline._frame_indices(info, 12)
     assert picked[:12] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
     assert picked[12:] == [6, 8, 10][: len(picked) - 12]
-    frames = vio.read_frames(vfr, picked)
+    frames = vdec.read_frames(vfr, picked)
     assert _identities(frames, sources)[0] == picked
     # index arithmetic (constant rate) would have shown frame 6 at 0.5 s, half a second early
     assert vio.frame_indices_for_fps(info.frames, info.fps, 12)[6] != picked[6]
@@ -144,11 +145,11 @@ def test_variable_frame_rate_picks_frames_by_time(sources, tmp_path):
 
 def test_real_vp9_fixture_decodes_at_sampled_frames():
     path = fixture_path("driving_two_people_walk.mp4")  # VP9 + AAC in MP4, 1768x994 (refused by decord)
-    info = vio.probe_video(path)
+    info = vdec.probe_video(path)
     assert (info.frames, info.width, info.height, info.has_audio) == (230, 1768, 994, True)
     picked = pipeline._frame_indices(info, 16)
     assert len(picked) == 122 and picked[:4] == [0, 2, 4, 6]
-    chunks = vio.iter_frames(path, picked, chunk=61)  # the pipeline's picks, decoded in one pass
+    chunks = vdec.iter_frames(path, picked, chunk=61)  # the pipeline's picks, decoded in one pass
     first = next(chunks)
     assert first.shape == (61, 994, 1768, 3)
     last = next(chunks)[-1]
@@ -174,8 +175,8 @@ def test_truncated_video_decodes_what_is_there_or_says_why(videos, tmp_path):
         (tmp_path / f"noisy{share}.mkv").write_bytes(bytes(noisy))
         for broken in (cut, tmp_path / f"noisy{share}.mkv"):
             try:
-                info = vio.probe_video(broken)
-                frames = vio.read_frames(broken, list(range(info.frames)))
+                info = vdec.probe_video(broken)
+                frames = vdec.read_frames(broken, list(range(info.frames)))
             except InputError as error:  # the only exception a broken file may raise
                 assert error.field == "driving_video"
             else:
@@ -189,7 +190,7 @@ def test_decoding_turns_off_pyav_log_callback(videos):
 
     av.logging.set_level(av.logging.ERROR)
     try:
-        assert vio.probe_video(videos["h264_mp4"]).frames == N
+        assert vdec.probe_video(videos["h264_mp4"]).frames == N
         assert av.logging.get_level() is None
     finally:
         av.logging.set_level(None)

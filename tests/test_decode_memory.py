@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, sys.argv[1])
 from local_runner import load_app_package
 load_app_package()
-from wan_animate.preprocess import pipeline, video_io
+from wan_animate.preprocess import pipeline, video_decode
 from wan_animate.preprocess.pose_meta import PoseMeta
 
 def stand_in(frames):  # one person in the middle, with a face box: no model
@@ -39,7 +39,7 @@ def stand_in(frames):  # one person in the middle, with a face box: no model
 
 clip, frames = sys.argv[2], int(sys.argv[3])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-info = video_io.probe_video(clip)
+info = video_decode.probe_video(clip)
 work_w, work_h = pipeline.working_size(info.width, info.height, 1280 * 720)
 drive = pipeline._driving_pass(clip, list(range(frames)), pipeline.PreprocessModels(pose_estimator=stand_in), None,
                                False, pipeline.logger, work_hw=(work_h, work_w), source_hw=(info.height, info.width))

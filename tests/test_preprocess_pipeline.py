@@ -15,6 +15,7 @@ from wan_animate.errors import InputError
 from wan_animate.limits import Limits
 from wan_animate.preprocess import PreprocessModels, PreprocessOptions, preprocess, save_debug_files
 from wan_animate.preprocess import pipeline as pipeline_module
+from wan_animate.preprocess import video_decode as vdec
 from wan_animate.preprocess import video_io as vio
 from wan_animate.preprocess.pose_meta import PoseMeta
 
@@ -82,7 +83,7 @@ def test_animation_shapes_and_sizes(animation):
 
 def test_animation_skeleton_is_where_the_person_is(animation, smoke_models):
     cond = animation
-    frames = vio.read_frames(fixture_path(VIDEO), vio.frame_indices_for_fps(90, 30.0, 5))
+    frames = vdec.read_frames(fixture_path(VIDEO), vio.frame_indices_for_fps(90, 30.0, 5))
     poses = smoke_models.pose_estimator(frames)
     # the 884x498 canvas is letterboxed into 256x256: scale 256 / 884, height int(256 / 884 * 498) = 144,
     # top bar int((256 - 144) / 2) = 56
@@ -104,10 +105,10 @@ def test_animation_skeleton_is_where_the_person_is(animation, smoke_models):
 def test_debug_files(animation, tmp_path):
     files = save_debug_files(animation, tmp_path)
     assert {p.name for p in files.values()} == {"src_pose.mp4", "src_face.mp4", "src_ref.png"}
-    pose_info = vio.probe_video(files["pose"])
+    pose_info = vdec.probe_video(files["pose"])
     assert (pose_info.frames, pose_info.width, pose_info.height) == (15, 256, 256)
     assert pose_info.fps == pytest.approx(5.0)
-    assert vio.probe_video(files["face"]).width == 512
+    assert vdec.probe_video(files["face"]).width == 512
     np.testing.assert_array_equal(vio.load_image(files["ref"]), animation.reference)
 
 
@@ -272,7 +273,7 @@ def test_replacement_sizes_from_video_and_wires_masks(monkeypatch, tmp_path, ite
     assert cond.background_frames[cond.mask_frames == 1].max() == 0
     files = save_debug_files(cond, tmp_path)
     assert {"bg", "mask"} <= set(files)
-    mask_video = vio.read_frames(files["mask"], [0])[0]
+    mask_video = vdec.read_frames(files["mask"], [0])[0]
     assert mask_video[cond.mask_frames[0] == 1].mean() > 200 and mask_video[cond.mask_frames[0] == 0].mean() < 30
 
 

@@ -25,6 +25,7 @@ runtime = import_app_module("runtime")
 pp = import_app_module("preprocess")
 wan = import_app_module("wan")
 vio = import_app_module("preprocess.video_io")
+vdec = import_app_module("preprocess.video_decode")
 
 AUDIO_VIDEO = "driving_face_closeup.mp4"  # 640x360, 2.4 s, H.264 + MP3 audio
 SILENT_VIDEO = "driving_two_people_3s_small.mp4"  # 884x498, 3 s, no audio
@@ -92,11 +93,11 @@ def x264_crf(path: Path) -> float:
 
 
 def test_merge_audio_false_gives_a_silent_mp4_from_a_driving_video_with_audio(recorder, tmp_path) -> None:
-    assert vio.probe_video(fixture_path(AUDIO_VIDEO)).has_audio
+    assert vdec.probe_video(fixture_path(AUDIO_VIDEO)).has_audio
     with_audio = run(request(**SMALL), tmp_path)  # default: today's behaviour, the driving audio is kept
-    assert vio.probe_video(with_audio.video_path).has_audio
+    assert vdec.probe_video(with_audio.video_path).has_audio
     silent = run(request(merge_audio=False, **SMALL), tmp_path)
-    info = vio.probe_video(silent.video_path)
+    info = vdec.probe_video(silent.video_path)
     assert info.has_audio is False and info.frames == 6
 
 

@@ -15,6 +15,7 @@ from conftest import fixture_path
 from pydantic import ValidationError
 from wan_animate.errors import InputError
 from wan_animate.preprocess import PreprocessModels, PreprocessOptions, preprocess
+from wan_animate.preprocess import video_decode as vdec
 from wan_animate.preprocess import video_io as vio
 from wan_animate.preprocess.detection import largest_person
 from wan_animate.preprocess.face import crop_face, face_box
@@ -136,7 +137,7 @@ def _boxes_of(person: str, frame: int, scale: float = 1.0) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def frames() -> np.ndarray:
-    return vio.read_frames(fixture_path(NAME), list(range(90)))
+    return vdec.read_frames(fixture_path(NAME), list(range(90)))
 
 
 def test_animation_skeleton_and_faces_follow_the_walker(frames):
@@ -282,7 +283,7 @@ def test_walk_video_skeleton_stays_on_one_person(monkeypatch, walk_frames, perso
             yield walk_frames[list(indices[start : start + chunk])]
 
     monkeypatch.setattr(pipeline_module, "iter_frames", iter_frames)
-    info = vio.probe_video(fixture_path(rec.WALK))
+    info = vdec.probe_video(fixture_path(rec.WALK))
     indices = vio.frame_indices_for_fps(vio.official_frame_count(info), info.fps, 10)
     opts = PreprocessOptions(resolution_width=256, resolution_height=256, fps=10, person=person)
 

@@ -10,6 +10,7 @@ import pytest
 from conftest import fixture_path
 from PIL import Image
 from wan_animate.errors import InputError
+from wan_animate.preprocess import video_decode as vdec
 from wan_animate.preprocess import video_io as vio
 
 
@@ -26,7 +27,7 @@ def _duration(path) -> float:
 
 
 def test_probe_small_fixture():
-    info = vio.probe_video(fixture_path("driving_two_people_3s_small.mp4"))
+    info = vdec.probe_video(fixture_path("driving_two_people_3s_small.mp4"))
     assert (info.frames, info.width, info.height) == (90, 884, 498)
     assert info.fps == pytest.approx(30.0)
     assert info.duration == pytest.approx(3.0, abs=0.05)
@@ -34,17 +35,17 @@ def test_probe_small_fixture():
 
 
 def test_probe_detects_audio():
-    info = vio.probe_video(fixture_path("driving_face_closeup.mp4"))
+    info = vdec.probe_video(fixture_path("driving_face_closeup.mp4"))
     assert info.has_audio is True
     assert (info.frames, info.width, info.height) == (72, 640, 360)
 
 
 def test_read_frames_returns_requested_rgb_frames():
     path = fixture_path("driving_two_people_3s_small.mp4")
-    frames = vio.read_frames(path, [0, 45, 89])
+    frames = vdec.read_frames(path, [0, 45, 89])
     assert frames.shape == (3, 498, 884, 3) and frames.dtype == np.uint8
     # chunked reading gives the same pixels as one read of the same frames
-    chunks = list(vio.iter_frames(path, [0, 45, 89], chunk=2))
+    chunks = list(vdec.iter_frames(path, [0, 45, 89], chunk=2))
     assert [len(c) for c in chunks] == [2, 1]
     np.testing.assert_array_equal(np.concatenate(chunks), frames)
     assert frames[1].std() > 10  # real picture content, not a blank frame
@@ -52,9 +53,9 @@ def test_read_frames_returns_requested_rgb_frames():
 
 def test_official_frame_count_rule():
     # 100 frames reported, but 2.0 s at 30 fps means 60: more than 10 % off -> 60 is used
-    assert vio.official_frame_count(vio.VideoInfo(100, 30.0, 64, 64, 2.0, False)) == 60
+    assert vio.official_frame_count(vdec.VideoInfo(100, 30.0, 64, 64, 2.0, False)) == 60
     # 62 vs 60: within 10 % -> the reported count stands
-    assert vio.official_frame_count(vio.VideoInfo(62, 30.0, 64, 64, 2.0, False)) == 62
+    assert vio.official_frame_count(vdec.VideoInfo(62, 30.0, 64, 64, 2.0, False)) == 62
 
 
 # --- official rules --------------------------------------------------------------------------------
@@ -173,16 +174,16 @@ def test_load_image_errors(tmp_path, content, code):
 def test_video_errors(tmp_path):
     (tmp_path / "junk.mp4").write_bytes(b"\x00garbage" * 500)
     with pytest.raises(InputError) as err:
-        vio.probe_video(tmp_path / "junk.mp4")
+        vdec.probe_video(tmp_path / "junk.mp4")
     assert (err.value.code, err.value.field) == ("unreadable_video", "driving_video")
     truncated = tmp_path / "cut.mp4"
     truncated.write_bytes(fixture_path("driving_two_people_3s_small.mp4").read_bytes()[:3000])
     with pytest.raises(InputError) as err:
-        vio.probe_video(truncated)
+        vdec.probe_video(truncated)
     assert err.value.field == "driving_video"
     (tmp_path / "empty.mp4").write_bytes(b"")
     with pytest.raises(InputError) as err:
-        vio.probe_video(tmp_path / "empty.mp4")
+        vdec.probe_video(tmp_path / "empty.mp4")
     assert err.value.code == "empty_file"
 
 
@@ -197,10 +198,10 @@ def test_write_video_roundtrip(tmp_path):
     frames = _gradient_frames(10, 48, 64)
     # clips (n, H, W, 3) and single frames are both accepted
     out = vio.write_video(tmp_path / "v.mp4", iter([np.stack(frames[:4]), *frames[4:]]), fps=8)
-    info = vio.probe_video(out)
+    info = vdec.probe_video(out)
     assert (info.frames, info.width, info.height, info.has_audio) == (10, 64, 48, False)
     assert info.fps == pytest.approx(8.0)
-    back = vio.read_frames(out, list(range(10)))
+    back = vdec.read_frames(out, list(range(10)))
     assert np.abs(back.astype(int) - np.stack(frames).astype(int)).mean() < 4  # lossy but close
     assert "h264" in _ffmpeg_info(out) and "yuv420p" in _ffmpeg_info(out)
 
@@ -209,14 +210,14 @@ def test_write_video_grey_frames_and_clips(tmp_path):
     masks = np.zeros((3, 32, 64), np.uint8)  # (decord misreads some widths under 80 px)
     masks[:, 8:24, 16:32] = 255
     out = vio.write_video(tmp_path / "m.mp4", iter([masks[:2], masks[2]]), fps=5)  # a grey clip, then a frame
-    back = vio.read_frames(out, [0, 1, 2])
+    back = vdec.read_frames(out, [0, 1, 2])
     assert back.shape == (3, 32, 64, 3)
     assert back[:, 12:20, 20:28].min() > 200 and back[:, :4, :8].max() < 40
 
 
 def test_write_video_odd_size_is_padded_even(tmp_path):
     out = vio.write_video(tmp_path / "odd.mp4", _gradient_frames(3, 17, 33), fps=5)
-    info = vio.probe_video(out)
+    info = vdec.probe_video(out)
     assert (info.width, info.height) == (34, 18)
 
 
@@ -224,7 +225,7 @@ def test_write_video_muxes_trimmed_audio(tmp_path):
     source = fixture_path("driving_face_closeup.mp4")  # 2.4 s with audio
     out = vio.write_video(tmp_path / "a.mp4", _gradient_frames(10, 48, 64), fps=8, audio_from=source,
                           audio_duration=10 / 8, work_dir=tmp_path / "work")  # fmt: skip
-    info = vio.probe_video(out)
+    info = vdec.probe_video(out)
     assert info.has_audio and info.frames == 10
     assert _duration(out) == pytest.approx(1.25, abs=0.1)  # audio cut to the video, not the source's 2.4 s
     assert list((tmp_path / "work").iterdir()) == []  # the video-only temporary file is gone
@@ -233,14 +234,14 @@ def test_write_video_muxes_trimmed_audio(tmp_path):
 def test_write_video_without_source_audio_stays_silent(tmp_path):
     out = vio.write_video(tmp_path / "s.mp4", _gradient_frames(4, 32, 32), fps=4,
                           audio_from=fixture_path("driving_two_people_3s_small.mp4"))  # fmt: skip
-    assert vio.probe_video(out).has_audio is False
+    assert vdec.probe_video(out).has_audio is False
 
 
 def test_decoding_stops_with_a_clear_error_past_its_time_budget():
     path = fixture_path("driving_two_people_3s_small.mp4")
-    chunks = vio.iter_frames(path, list(range(40)), chunk=20, timeout_s=0.0)
+    chunks = vdec.iter_frames(path, list(range(40)), chunk=20, timeout_s=0.0)
     assert next(chunks).shape[0] == 20  # the first chunk is decoded, then the budget is spent
     with pytest.raises(InputError) as info:
         next(chunks)
     assert (info.value.code, info.value.field) == ("decode_timeout", "driving_video")
-    assert sum(c.shape[0] for c in vio.iter_frames(path, list(range(40)), chunk=20)) == 40  # default budget: all
+    assert sum(c.shape[0] for c in vdec.iter_frames(path, list(range(40)), chunk=20)) == 40  # default budget: all

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import logging
 import os
 import re
 import secrets
@@ -26,6 +27,8 @@ from inferencesh import File
 
 from .errors import InputError
 from .limits import LIMITS
+
+logger = logging.getLogger("wan_animate.input_files")
 
 FILE_KEYS = ("uri", "path", "content_type", "size", "filename")  # what the SDK's File accepts in an object
 MAX_PATH_CHARS = 4096  # Linux PATH_MAX
@@ -200,6 +203,10 @@ def download(url: str, field: str, limits: Any = None) -> Path:
             if length is not None and length > limits.max_file_bytes:
                 raise InputError("file_too_large", field,
                                  f"{_short(url)} is {_gb(length)}; the limit is {_gb(limits.max_file_bytes)}")  # fmt: skip
+            size = "size unknown" if length is None else _gb(length)
+            logger.info("download for %s started: %s (%s, at most %.0f s)", field, _short(url), size,
+                        limits.download_timeout_s)  # fmt: skip
+            began = time.monotonic()
             received = 0
             with open(tmp, "wb") as out:
                 while chunk := response.read1(CHUNK_BYTES):  # one socket read each: the deadline is checked often
@@ -214,6 +221,7 @@ def download(url: str, field: str, limits: Any = None) -> Path:
                 raise InputError("download_incomplete", field, f"{_short(url)} sent {received} of the {length} bytes "
                                  "it announced (connection cut); nothing was kept, try again")  # fmt: skip
         os.replace(tmp, target)
+        logger.info("download for %s done: %s in %.1f s", field, _gb(received), time.monotonic() - began)
     except InputError:
         raise
     except urllib.error.HTTPError as error:

@@ -62,6 +62,16 @@ def test_a_url_in_path_uri_or_a_plain_string_downloads_in_app_input(cache_dir: P
     assert inp.model_dump(mode="json")["driving_video"]["uri"] == url("/a/dance.mp4")
 
 
+def test_a_download_logs_its_start_and_end(cache_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A slow stage says when it starts (hosted task logs show what a request is waiting for)."""
+    with serve({"/dance.mp4": Route(DRIVING.read_bytes())}) as url, caplog.at_level("INFO", "wan_animate"):
+        inference.AppInput(driving_video=url("/dance.mp4"), reference_image={"path": str(REFERENCE)})
+    messages = [r.getMessage() for r in caplog.records if r.name == "wan_animate.input_files"]
+    assert len(messages) == 2, messages
+    assert messages[0].startswith("download for driving_video started") and "dance.mp4" in messages[0]
+    assert messages[1].startswith("download for driving_video done")
+
+
 def test_truncated_download_is_refused_and_never_reused(cache_dir: Path) -> None:
     data = DRIVING.read_bytes()
     route = Route(data, cut_after=3000)  # Content-Length is the whole file; the first answer stops at 3000 bytes

@@ -154,17 +154,17 @@ def measure_path(path_name: str, clip: Path, frames: int) -> dict:
         for _ in vdec.iter_frames(clip, indices, chunk=32, transform=shrink):
             pass
     else:
-        from wan_animate.preprocess import pipeline
+        from wan_animate.preprocess import driving_pass, model_loading
 
         info = vdec.probe_video(clip)
-        models = pipeline.PreprocessModels(pose_estimator=StandInPose())
+        models = model_loading.PreprocessModels(pose_estimator=StandInPose())
         area = 1280 * 720
         if path_name == "animation":
-            work_w, work_h = pipeline.working_size(info.width, info.height, area)
-            pipeline._driving_pass(clip, indices, models, None, False, _quiet(),
-                                   work_hw=(work_h, work_w), source_hw=(info.height, info.width))  # fmt: skip
+            work_w, work_h = driving_pass.working_size(info.width, info.height, area)
+            driving_pass.driving_pass(clip, indices, models, None, False, _quiet(),
+                                      work_hw=(work_h, work_w), source_hw=(info.height, info.width))  # fmt: skip
         else:
-            pipeline._driving_pass(clip, indices, models, area, False, _quiet())
+            driving_pass.driving_pass(clip, indices, models, area, False, _quiet())
     return {"path": path_name, "frames": frames, "baseline_rss_mb": round(base), "peak_rss_mb": round(_rss_mb()),
             "seconds": round(time.perf_counter() - began, 1)}  # fmt: skip
 

@@ -288,18 +288,20 @@ PARTS = {
 
 def instrumentation(models: Any, clock: StageClock) -> list[tuple[Any, str, Any]]:
     """The patches that route every preprocessing stage through `clock` (the app's functions, unchanged)."""
-    from wan_animate.preprocess import detection, masks, pipeline, pose, sam2_video
+    from wan_animate.preprocess import detection, driving_pass, masks, pipeline, pose, sam2_video
 
     estimator = models.pose_estimator
     det, pose_model = estimator.detector, estimator.pose
     det_parts, pose_parts, sam_parts = PARTS[DETECTION], PARTS[POSE], PARTS[SAM2]
     patches: list[tuple[Any, str, Any]] = [
-        (pipeline, "iter_frames", clock.wrap_iterator(DECODE, pipeline.iter_frames)),
+        (driving_pass, "iter_frames", clock.wrap_iterator(DECODE, driving_pass.iter_frames)),
         (pipeline, "probe_video", clock.wrap(PROBE, pipeline.probe_video)),
-        (pipeline, "resize_by_area", clock.wrap(RESIZE, pipeline.resize_by_area)),
-        (pipeline, "face_box", clock.wrap(FACE, pipeline.face_box)),
-        (pipeline, "crop_face", clock.wrap(FACE, pipeline.crop_face)),
-        (pipeline, "fill_missing_faces", clock.wrap(FACE, pipeline.fill_missing_faces)),
+        (driving_pass, "probe_video", clock.wrap(PROBE, driving_pass.probe_video)),
+        (pipeline, "resize_by_area", clock.wrap(RESIZE, pipeline.resize_by_area)),  # the reference
+        (driving_pass, "resize_by_area", clock.wrap(RESIZE, driving_pass.resize_by_area)),  # replacement frames
+        (driving_pass, "face_box", clock.wrap(FACE, driving_pass.face_box)),
+        (driving_pass, "crop_face", clock.wrap(FACE, driving_pass.crop_face)),
+        (driving_pass, "fill_missing_faces", clock.wrap(FACE, driving_pass.fill_missing_faces)),
         (pipeline, "_draw", clock.wrap(SKELETON, pipeline._draw)),
         (pipeline, "_draw_letterboxed", clock.wrap(SKELETON, pipeline._draw_letterboxed)),
         (det, "detect_all", clock.wrap(DETECTION, det.detect_all, gpu=True)),  # every person box of a frame

@@ -1,14 +1,9 @@
 """Preprocessing: driving video + reference image -> Conditioning (pose, face, reference, masks)."""
 
 from .conditioning import Conditioning, PreprocessOptions
-from .pipeline import (
-    PreprocessModels,
-    load_preprocess_models,
-    models_for_request,
-    preprocess,
-    save_debug_files,
-    smoke_preprocess_models,
-)
+from .debug_videos import save_debug_files
+from .model_loading import PreprocessModels, load_preprocess_models, models_for_request, smoke_preprocess_models
+from .pipeline import preprocess
 
 __all__ = [
     "Conditioning",

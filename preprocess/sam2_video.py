@@ -209,10 +209,10 @@ def tiny_sam2_video(device: Any = "cpu", seed: int = 0) -> Sam2VideoSegmenter:
 
 
 def load_segmenter(path: str | Path, device: Any) -> Sam2VideoSegmenter:
-    """The production segmenter (the name pipeline.load_preprocess_models looks up)."""
+    """The production segmenter (the name model_loading.load_preprocess_models looks up)."""
     return load_sam2_video(path, device)
 
 
 def smoke_segmenter(device: Any) -> Sam2VideoSegmenter:
-    """The smoke preset's segmenter (the name pipeline.smoke_preprocess_models looks up)."""
+    """The smoke preset's segmenter (the name model_loading.smoke_preprocess_models looks up)."""
     return tiny_sam2_video(device)

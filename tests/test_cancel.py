@@ -21,7 +21,7 @@ from local_runner import APP_ROOT, import_app_module
 inference = import_app_module("inference")
 errors = import_app_module("errors")
 runtime_module = import_app_module("runtime")
-pipeline = import_app_module("preprocess.pipeline")
+driving_pass = import_app_module("preprocess.driving_pass")
 masks_module = import_app_module("preprocess.masks")
 video_io = import_app_module("preprocess.video_io")
 EXAMPLE = APP_ROOT / "examples" / "smoke"
@@ -54,7 +54,7 @@ def cancel_from_another_thread(app: object) -> None:
 
 
 def wrap_pose(app: object, monkeypatch: pytest.MonkeyPatch, calls: list[int], cancel) -> Callable | None:
-    monkeypatch.setattr(pipeline, "POSE_CHUNK", 1)  # 4 frames -> 4 chunks
+    monkeypatch.setattr(driving_pass, "POSE_CHUNK", 1)  # 4 frames -> 4 chunks
     models = app.runtime.preprocess_models
     estimator = models.pose_estimator
 

@@ -7,6 +7,7 @@ Each measurement runs in a fresh process (peak RSS, ru_maxrss, is per process): 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +18,12 @@ from wan_animate.preprocess import video_io as vio
 APP_ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = """
-import json, resource, sys
+import json, logging, resource, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 from local_runner import load_app_package
 load_app_package()
-from wan_animate.preprocess import pipeline, video_decode
+from wan_animate.preprocess import driving_pass, model_loading, video_decode
 from wan_animate.preprocess.pose_meta import PoseMeta
 
 def stand_in(frames):  # one person in the middle, with a face box: no model
@@ -40,9 +41,10 @@ def stand_in(frames):  # one person in the middle, with a face box: no model
 clip, frames = sys.argv[2], int(sys.argv[3])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 info = video_decode.probe_video(clip)
-work_w, work_h = pipeline.working_size(info.width, info.height, 1280 * 720)
-drive = pipeline._driving_pass(clip, list(range(frames)), pipeline.PreprocessModels(pose_estimator=stand_in), None,
-                               False, pipeline.logger, work_hw=(work_h, work_w), source_hw=(info.height, info.width))
+work_w, work_h = driving_pass.working_size(info.width, info.height, 1280 * 720)
+models = model_loading.PreprocessModels(pose_estimator=stand_in)
+drive = driving_pass.driving_pass(clip, list(range(frames)), models, None, False, logging.getLogger("memory"),
+                                  work_hw=(work_h, work_w), source_hw=(info.height, info.width))
 print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "before_mb": before,
                   "frame_hw": list(drive.frame_hw), "pose_wh": [drive.poses[0].width, drive.poses[0].height],
                   "faces": len(drive.faces)}))
@@ -112,13 +114,14 @@ def _square_clip(path: Path, width: int, height: int) -> Path:
 
 @pytest.mark.parametrize("width, height, work", [(2560, 1440, (1920, 1080)), (1280, 720, (1280, 720))])
 def test_animation_poses_found_at_working_size_refer_to_source_pixels(width, height, work, tmp_path):
-    from wan_animate.preprocess import pipeline
+    from wan_animate.preprocess import driving_pass, model_loading
 
-    assert pipeline.working_size(width, height, 1280 * 720) == work
+    assert driving_pass.working_size(width, height, 1280 * 720) == work
     clip = _square_clip(tmp_path / "square.mp4", width, height)
     finder = BoxFinder()
-    drive = pipeline._driving_pass(clip, list(range(6)), pipeline.PreprocessModels(pose_estimator=finder), None, False,
-                                   pipeline.logger, work_hw=work[::-1], source_hw=(height, width))  # fmt: skip
+    models = model_loading.PreprocessModels(pose_estimator=finder)
+    drive = driving_pass.driving_pass(clip, list(range(6)), models, None, False, logging.getLogger("test"),
+                                      work_hw=work[::-1], source_hw=(height, width))  # fmt: skip
     assert finder.sizes == [work]  # the estimator saw frames at the working size, one chunk
     assert drive.frame_hw == (height, width)
     pose = drive.poses[0]

@@ -129,13 +129,13 @@ def test_offloaded_workers_load_the_pose_models_and_sam2_per_request(full_app: t
 
     from PIL import Image
 
-    pipeline = import_app_module("preprocess.pipeline")
+    model_loading = import_app_module("preprocess.model_loading")
     app, _ = full_app
     paths, cpu = app.runtime.weight_paths, torch.device("cpu")
-    base = pipeline.load_preprocess_models(paths, cpu, per_request=True)
+    base = model_loading.load_preprocess_models(paths, cpu, per_request=True)
     assert base.pose_estimator is None and base.segmenter is None
     frame = np.asarray(Image.open(EXAMPLE / "reference.jpg").convert("RGB"))
-    with pipeline.models_for_request(base, paths, cpu) as models:
+    with model_loading.models_for_request(base, paths, cpu) as models:
         assert type(models.segmenter).__name__ == "Sam2VideoSegmenter" and models.flux is base.flux
         session = weakref.ref(models.pose_estimator.pose.runner.session)
         segmenter = weakref.ref(models.segmenter)
@@ -143,6 +143,6 @@ def test_offloaded_workers_load_the_pose_models_and_sam2_per_request(full_app: t
     gc.collect()
     assert session() is None and segmenter() is None
     assert models.pose_estimator is None and base.pose_estimator is None
-    with pipeline.models_for_request(app.runtime.preprocess_models, paths, cpu) as resident:
+    with model_loading.models_for_request(app.runtime.preprocess_models, paths, cpu) as resident:
         assert resident is app.runtime.preprocess_models
     assert resident.pose_estimator is not None

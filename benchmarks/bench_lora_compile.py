@@ -5,7 +5,7 @@ at 480p. Two scenarios:
 
 - `relighting`: animation, replacement, animation, replacement, animation (the relighting adapter on and off).
 - `user`: a sequence of requests carrying user LoRAs (random safetensors in the community layout, ranks 16-64),
-  loaded and deleted per request through `request_adapters` exactly as `runtime.run_job` does; per request it
+  loaded and deleted per request through `request_adapters` exactly as `job.run_job` does; per request it
   prints the load time, the first forward (which pays any recompile), a second forward, and dynamo's graph count;
   then one forward with the same LoRA run eagerly (`eager_blocks`) for the compile-versus-eager trade.
 

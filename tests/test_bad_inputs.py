@@ -18,6 +18,7 @@ from PIL import Image
 from local_runner import APP_ROOT, import_app_module, main
 
 inference = import_app_module("inference")
+InputError = import_app_module("errors").InputError
 EXAMPLE = APP_ROOT / "examples" / "smoke"
 DRIVING = EXAMPLE / "driving.mp4"
 REFERENCE = EXAMPLE / "reference.jpg"
@@ -168,7 +169,7 @@ def test_one_frame_video_is_a_clear_error_or_a_one_frame_video(smoke_app: object
     ffmpeg("-i", str(DRIVING), "-frames:v", "1", "-an", str(single))
     try:
         output = run_ok(smoke_app, driving=single, fps=-1)
-    except inference.InputError as error:
+    except InputError as error:
         assert (error.code, error.field) == ("video_too_short", "driving_video")
     else:
         assert output.num_frames == 1
@@ -177,7 +178,7 @@ def test_one_frame_video_is_a_clear_error_or_a_one_frame_video(smoke_app: object
 def test_use_flux_on_a_worker_without_flux_is_refused_before_any_work(smoke_app: object, monkeypatch) -> None:
     pipeline = import_app_module("preprocess.pipeline")
     monkeypatch.setattr(pipeline, "probe_video", lambda *a, **k: pytest.fail("the video was opened"))
-    with pytest.raises(inference.InputError) as info:
+    with pytest.raises(InputError) as info:
         run_ok(smoke_app, retarget_flag=True, use_flux=True)
     assert (info.value.code, info.value.field) == ("flux_unavailable", "use_flux")
 
@@ -186,7 +187,7 @@ def test_distill_on_a_worker_without_the_lora_is_refused_before_any_work(smoke_a
     pipeline = import_app_module("preprocess.pipeline")
     monkeypatch.setattr(pipeline, "probe_video", lambda *a, **k: pytest.fail("the video was opened"))
     monkeypatch.setattr(smoke_app.runtime.wan_models, "distill", None)  # a worker set up with distill_lora=false
-    with pytest.raises(inference.InputError) as info:
+    with pytest.raises(InputError) as info:
         run_ok(smoke_app, distill=True)
     assert (info.value.code, info.value.field) == ("distill_unavailable", "distill")
     assert "distill_lora" in str(info.value)
@@ -198,16 +199,16 @@ def test_step_cache_on_a_context_parallel_worker_is_refused_before_any_work(smok
     pipeline = import_app_module("preprocess.pipeline")
     monkeypatch.setattr(pipeline, "probe_video", lambda *a, **k: pytest.fail("the video was opened"))
     monkeypatch.setattr(smoke_app.runtime, "dist", SimpleNamespace(is_parallel=True, is_main=True))
-    with pytest.raises(inference.InputError) as info:
+    with pytest.raises(InputError) as info:
         run_ok(smoke_app, step_cache=0.1)
     assert (info.value.code, info.value.field) == ("step_cache_unavailable", "step_cache")
 
 
 def test_step_cache_reaches_the_sampler_and_stays_in_bounds(smoke_app: object, monkeypatch) -> None:
-    runtime = import_app_module("runtime")
+    job = import_app_module("job")  # run_job looks generation_options up in job
     seen = []
-    original = runtime.generation_options
-    monkeypatch.setattr(runtime, "generation_options", lambda *a: seen.append(original(*a)) or seen[-1])
+    original = job.generation_options
+    monkeypatch.setattr(job, "generation_options", lambda *a: seen.append(original(*a)) or seen[-1])
     output = run_ok(smoke_app, step_cache=0.2)
     assert seen[0].step_cache == 0.2 and output.num_frames > 0
     with pytest.raises(ValueError, match="step_cache"):
@@ -376,7 +377,7 @@ def test_a_lora_that_is_not_a_wan_lora_is_refused_before_any_work(
     pipeline = import_app_module("preprocess.pipeline")
     monkeypatch.setattr(pipeline, "probe_video", lambda *a, **k: pytest.fail("the video was opened"))
     bad = lora_file(smoke_app, tmp_path, kind)
-    with pytest.raises(inference.InputError) as info:
+    with pytest.raises(InputError) as info:
         run_ok(smoke_app, loras=[{"file": str(lora_file(smoke_app, tmp_path, "valid"))}, {"file": str(bad)}])
     assert (info.value.code, info.value.field) == (code, "loras[1].file")
 
@@ -394,7 +395,7 @@ def test_degenerate_reference_images_are_refused_with_the_minimum(
 ) -> None:
     path = tmp_path / "thin.png"
     Image.new("RGB", size, (120, 90, 60)).save(path)
-    with pytest.raises(inference.InputError) as info:
+    with pytest.raises(InputError) as info:
         run_ok(smoke_app, reference=path, mode=mode)
     assert (info.value.code, info.value.field) == (code, "reference_image")
     limits = import_app_module("limits").LIMITS
@@ -406,7 +407,7 @@ def test_a_lora_of_the_wrong_shapes_is_an_input_error_and_the_next_request_runs(
     smoke_app: object, tmp_path: Path
 ) -> None:
     """Shapes are not in the header check (they depend on the worker's model): loading refuses it cleanly."""
-    with pytest.raises(inference.InputError) as info:
+    with pytest.raises(InputError) as info:
         run_ok(smoke_app, loras=[{"file": str(lora_file(smoke_app, tmp_path, "wrong_shapes"))}])
     assert (info.value.code, info.value.field) == ("lora_incompatible", "loras[0].file")
     adapters = getattr(smoke_app.runtime.wan_models.transformer, "peft_config", {})

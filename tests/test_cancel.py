@@ -20,7 +20,7 @@ from local_runner import APP_ROOT, import_app_module
 
 inference = import_app_module("inference")
 errors = import_app_module("errors")
-runtime_module = import_app_module("runtime")
+job = import_app_module("job")  # run_job looks progress_logger up in job
 driving_pass = import_app_module("preprocess.driving_pass")
 masks_module = import_app_module("preprocess.masks")
 video_io = import_app_module("preprocess.video_io")
@@ -79,7 +79,7 @@ def wrap_sam2(app: object, monkeypatch: pytest.MonkeyPatch, calls: list[int], ca
 
 
 def wrap_step(app: object, monkeypatch: pytest.MonkeyPatch, calls: list[int], cancel) -> Callable | None:
-    progress_logger = runtime_module._progress_logger
+    progress_logger = job.progress_logger
 
     def make(start: float):
         log_step = progress_logger(start)
@@ -91,7 +91,7 @@ def wrap_step(app: object, monkeypatch: pytest.MonkeyPatch, calls: list[int], ca
 
         return on_step
 
-    monkeypatch.setattr(runtime_module, "_progress_logger", make)
+    monkeypatch.setattr(job, "progress_logger", make)
 
 
 def wrap_decode(app: object, monkeypatch: pytest.MonkeyPatch, calls: list[int], cancel) -> Callable | None:

@@ -76,9 +76,9 @@ def test_setup_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """App.setup hands load_runtime the environment's switches (load_runtime replaced: nothing is built)."""
     import asyncio
 
-    runtime = import_app_module("runtime")
+    worker = import_app_module("worker")  # App.setup imports load_runtime from worker when it runs
     seen = []
-    monkeypatch.setattr(runtime, "load_runtime", lambda setup: seen.append(setup) or object())
+    monkeypatch.setattr(worker, "load_runtime", lambda setup: seen.append(setup) or object())
     monkeypatch.setenv("WAN_ANIMATE_FP8", "1")
     monkeypatch.setenv("WAN_ANIMATE_OFFLOAD_MODEL", "1")
     asyncio.run(inference.App().setup({"preset": "smoke"}))

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from local_runner import import_app_module
 
 inference = import_app_module("inference")
+InputError = import_app_module("errors").InputError
 AppInput = inference.AppInput
 
 FILES = {"driving_video": {"path": "/tmp/driving.mp4"}, "reference_image": {"path": "/tmp/ref.png"}}
@@ -126,19 +127,19 @@ def test_required_files_missing_or_empty_arrive_as_none_and_are_rejected_by_run(
     for empty in (None, "", {}):
         inp = AppInput(driving_video=empty, reference_image=FILES["reference_image"])
         assert inp.driving_video is None
-        with pytest.raises(inference.InputError) as info:
+        with pytest.raises(InputError) as info:
             inference._check_file(inp.driving_video, "driving_video")
         assert info.value.code == "missing_input" and info.value.field == "driving_video"
 
 
 def test_missing_local_path_validates_but_run_rejects_it(tmp_path) -> None:
     inp = make(driving_video={"path": str(tmp_path / "nope.mp4")})
-    with pytest.raises(inference.InputError) as info:
+    with pytest.raises(InputError) as info:
         inference._check_file(inp.driving_video, "driving_video")
     assert info.value.code == "file_not_found"
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
-    with pytest.raises(inference.InputError) as info:
+    with pytest.raises(InputError) as info:
         inference._check_file(make(driving_video={"path": str(empty)}).driving_video, "driving_video")
     assert info.value.code == "empty_file"
 

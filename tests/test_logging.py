@@ -9,7 +9,7 @@ import textwrap
 
 from local_runner import APP_ROOT, import_app_module
 
-runtime_module = import_app_module("runtime")
+app_logging = import_app_module("app_logging")
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
@@ -21,9 +21,9 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 
 def test_info_lines_go_to_stdout_once_when_nobody_configured_logging() -> None:
     result = run_python("""
-        runtime = import_app_module("runtime")
-        runtime.configure_logging()
-        runtime.configure_logging()  # setup may run twice: still one handler
+        app_logging = import_app_module("app_logging")
+        app_logging.configure_logging()
+        app_logging.configure_logging()  # setup may run twice: still one handler
         logging.getLogger("wan_animate.preprocess").info("stage started")
         logging.getLogger("other.library").info("not ours")
     """)
@@ -36,8 +36,8 @@ def test_info_lines_go_to_stdout_once_when_nobody_configured_logging() -> None:
 def test_a_runner_that_configured_logging_keeps_it_and_gets_no_duplicate() -> None:
     result = run_python("""
         logging.basicConfig(level=logging.INFO)  # as local_runner does
-        runtime = import_app_module("runtime")
-        runtime.configure_logging()
+        app_logging = import_app_module("app_logging")
+        app_logging.configure_logging()
         logging.getLogger("wan_animate").info("configured before")
     """)
     assert result.returncode == 0, result.stderr
@@ -46,8 +46,8 @@ def test_a_runner_that_configured_logging_keeps_it_and_gets_no_duplicate() -> No
 
 def test_a_root_handler_added_after_setup_does_not_double_the_lines() -> None:
     result = run_python("""
-        runtime = import_app_module("runtime")
-        runtime.configure_logging()
+        app_logging = import_app_module("app_logging")
+        app_logging.configure_logging()
         logging.basicConfig(level=logging.INFO)  # the host configures logging later
         logging.getLogger("wan_animate").info("configured after")
     """)
@@ -69,15 +69,15 @@ TQDM = re.compile(r"(\d+)%\|[^|]*\| (\d+)/(\d+) \[([\d:]+)<([\d:]+), ")  # NN%|.
 
 
 def test_step_progress_is_a_tqdm_meter_with_an_eta() -> None:
-    line = runtime_module.progress_line(9, 20, 12.0)
+    line = app_logging.progress_line(9, 20, 12.0)
     match = TQDM.search(line)
     assert match is not None, line
     assert match.groups() == ("45", "9", "20", "00:12", "00:15")  # 1.33 s/step x 11 steps left
-    assert TQDM.search(runtime_module.progress_line(20, 20, 3725.0)).groups() == ("100", "20", "20", "1:02:05", "00:00")
+    assert TQDM.search(app_logging.progress_line(20, 20, 3725.0)).groups() == ("100", "20", "20", "1:02:05", "00:00")
 
 
 def test_the_step_logger_writes_one_meter_line_per_step(caplog) -> None:
-    on_step = runtime_module._progress_logger(0.0)
+    on_step = app_logging.progress_logger(0.0)
     with caplog.at_level("INFO", logger="wan_animate"):
         on_step(1, 2, 0, 4)  # clip 2 of 2, step 1 of 4: step 5 of 8 overall
     (message,) = [r.getMessage() for r in caplog.records]

@@ -11,7 +11,9 @@ from wan_animate.wan.parallel import DistributedEnv, clip_tokens
 from local_runner import import_app_module
 
 inference = import_app_module("inference")
-runtime = import_app_module("runtime")
+job = import_app_module("job")
+request_options = import_app_module("request_options")
+worker = import_app_module("worker")
 InputError = import_app_module("errors").InputError
 
 CPU = torch.device("cpu")
@@ -31,7 +33,7 @@ CPU = torch.device("cpu")
 )
 def test_worker_settings_a_parallel_job_cannot_run_are_refused_before_loading(setup, world_size, device, field):
     with pytest.raises(InputError) as info:
-        runtime._check_parallel_setup(inference.AppSetup(**setup), world_size, device)
+        worker._check_parallel_setup(inference.AppSetup(**setup), world_size, device)
     assert info.value.field == field
 
 
@@ -43,18 +45,18 @@ def test_worker_settings_a_parallel_job_runs():
         ({"fp8": True, "compile": True}, 4, torch.device("cuda", 0)),
         ({"attention": "cudnn"}, 2, torch.device("cuda", 0)),  # through diffusers' dispatcher: it splits
     ):
-        runtime._check_parallel_setup(inference.AppSetup(**setup), world_size, device)
+        worker._check_parallel_setup(inference.AppSetup(**setup), world_size, device)
 
 
 def test_one_process_is_not_a_parallel_job(monkeypatch: pytest.MonkeyPatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
-    dist, device = runtime.start_distributed(inference.AppSetup(preset="smoke"))
-    assert dist is None and device == runtime.pick_device()
+    dist, device = worker.start_distributed(inference.AppSetup(preset="smoke"))
+    assert dist is None and device == worker.pick_device()
 
 
 def parallel_runtime(world_size: int) -> object:
-    return runtime.Runtime(
+    return worker.Runtime(
         preset="smoke", device=CPU, preprocess_models=None, wan_models=None, dist=DistributedEnv(0, world_size, 0)
     )
 
@@ -65,19 +67,19 @@ def test_a_parallel_worker_ignores_a_requests_offload_model(caplog: pytest.LogCa
         driving_video={"path": "/nonexistent.mp4"}, reference_image={"path": "/nonexistent.png"}, offload_model=True
     )
     with caplog.at_level("WARNING", logger="wan_animate"):
-        assert runtime.ignore_request_offload(parallel_runtime(2), inp) is True
+        assert request_options.ignore_request_offload(parallel_runtime(2), inp) is True
     assert any("offload_model=true in the request is ignored" in r.getMessage() for r in caplog.records)
-    assert runtime.generation_options(inp, seed=0, loras=[]).offload == "none"
+    assert request_options.generation_options(inp, seed=0, loras=[]).offload == "none"
 
 
 def test_a_clip_the_processes_cannot_split_evenly_is_centre_cropped():
     # 48x80 pixels = 3x5 tokens per frame; clip_len 5 = 3 latent frames: 45 tokens, odd.
     cond = tiny_conditioning(5, height=48, width=80, seed=1)
     assert clip_tokens(5, 48, 80) % 2 == 1
-    split = runtime._split_conditioning(parallel_runtime(2), cond, clip_len=5)
+    split = job._split_conditioning(parallel_runtime(2), cond, clip_len=5)
     assert (split.height, split.width) == (48, 64)  # one 16-pixel column off: 3 tokens per frame (a row: 5)
     assert clip_tokens(5, split.height, split.width) % 2 == 0
-    assert runtime._split_conditioning(parallel_runtime(2), cond, clip_len=9) is cond  # 4 latent frames: even
-    r = runtime.Runtime(preset="smoke", device=CPU, preprocess_models=None, wan_models=None)
+    assert job._split_conditioning(parallel_runtime(2), cond, clip_len=9) is cond  # 4 latent frames: even
+    r = worker.Runtime(preset="smoke", device=CPU, preprocess_models=None, wan_models=None)
     assert not r.context_parallel and r.is_main
     assert parallel_runtime(2).context_parallel and parallel_runtime(2).is_main

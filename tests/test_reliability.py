@@ -15,7 +15,8 @@ import pytest
 from local_runner import APP_ROOT, import_app_module
 
 inference = import_app_module("inference")
-runtime_module = import_app_module("runtime")
+worker_module = import_app_module("worker")
+InputError = import_app_module("errors").InputError
 EXAMPLE = APP_ROOT / "examples" / "smoke"
 
 
@@ -54,7 +55,7 @@ def test_twenty_runs_in_one_process_do_not_grow_memory_or_reload_weights(
     wan = import_app_module("wan")
     loads = []
     monkeypatch.setattr(wan, "build_tiny_models", lambda *a, **k: loads.append(1))
-    monkeypatch.setattr(runtime_module, "load_runtime", lambda *a, **k: loads.append(1))
+    monkeypatch.setattr(worker_module, "load_runtime", lambda *a, **k: loads.append(1))
     transformer = smoke_app.runtime.wan_models.transformer
     process = psutil.Process()
     rss, fds, threads, temp_entries = [], [], [], []
@@ -111,7 +112,7 @@ def test_temporary_files_are_removed_on_success_and_on_failure(smoke_app: object
     Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(tiny)
     bad = smoke_input()
     bad.reference_image = inference.File(path=str(tiny))
-    with pytest.raises(inference.InputError) as info:
+    with pytest.raises(InputError) as info:
         asyncio.run(smoke_app.run(bad))
     assert (info.value.code, info.value.field) == ("image_too_small", "reference_image")
     assert run_dirs() == before
@@ -139,7 +140,7 @@ def test_gpu_out_of_memory_is_a_user_error_and_the_worker_recovers(monkeypatch: 
     monkeypatch.setattr(import_app_module("preprocess"), "preprocess", synthetic_preprocess)
     app = inference.App()
     app.setup_options = inference.AppSetup(preset="smoke")
-    app.runtime = runtime_module.Runtime(
+    app.runtime = worker_module.Runtime(
         preset="smoke", device=torch.device("cuda"), preprocess_models=None,
         wan_models=wan.build_tiny_models(device="cuda"),
     )  # fmt: skip
@@ -148,7 +149,7 @@ def test_gpu_out_of_memory_is_a_user_error_and_the_worker_recovers(monkeypatch: 
     try:
         big = smoke_input()
         big.resolution_width, big.resolution_height, big.clip_len, big.fps = 1920, 1080, 77, 30
-        with pytest.raises(inference.InputError) as info:
+        with pytest.raises(InputError) as info:
             asyncio.run(app.run(big))
         assert info.value.code == "gpu_out_of_memory"
         assert "resolution_width" in str(info.value) and "offload_model" in str(info.value)

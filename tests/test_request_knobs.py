@@ -1,4 +1,4 @@
-"""Request knobs end to end through runtime.run_job: the `resolution` preset reaches preprocessing, merge_audio and
+"""Request knobs end to end through job.run_job: the `resolution` preset reaches preprocessing, merge_audio and
 video_quality reach the MP4 writer, a request's offload_model changes nothing. Preprocessing and the diffusion loop
 are stand-ins here (frames of the asked size), except in the frame-size checks, which run the real preprocessing
 with a scripted pose model."""
@@ -21,7 +21,9 @@ from test_preprocess_pipeline import ScriptedEstimator
 from local_runner import import_app_module
 
 inference = import_app_module("inference")
-runtime = import_app_module("runtime")
+job = import_app_module("job")
+request_options = import_app_module("request_options")
+worker = import_app_module("worker")
 pp = import_app_module("preprocess")
 wan = import_app_module("wan")
 vio = import_app_module("preprocess.video_io")
@@ -68,7 +70,7 @@ def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
 
 def stub_runtime(offload: str = "none") -> object:
     """A single-process worker as far as run_job looks at it (no real models)."""
-    return runtime.Runtime(
+    return worker.Runtime(
         preset="smoke", device=torch.device("cpu"), preprocess_models=pp.PreprocessModels(ScriptedEstimator()),
         wan_models=SimpleNamespace(offload=offload, relighting_adapter=None, distill=None),
     )  # fmt: skip
@@ -76,7 +78,7 @@ def stub_runtime(offload: str = "none") -> object:
 
 def run(inp: object, tmp_path: Path, rt: object | None = None) -> object:
     out_dir = Path(tempfile.mkdtemp(prefix="out-", dir=tmp_path))
-    return runtime.run_job(
+    return job.run_job(
         rt or stub_runtime(), inp, driving=Path(inp.driving_video.path), reference=Path(inp.reference_image.path),
         seed=1, work_dir=tmp_path, out_dir=out_dir,
     )  # fmt: skip
@@ -155,7 +157,7 @@ def test_frame_size_through_real_preprocessing(tmp_path, reference_size, overrid
         fps=2, **overrides,
     )  # fmt: skip
     cond = pp.preprocess(Path(inp.driving_video.path), Path(inp.reference_image.path),
-                         runtime.preprocess_options(inp), pp.PreprocessModels(ScriptedEstimator()))  # fmt: skip
+                         request_options.preprocess_options(inp), pp.PreprocessModels(ScriptedEstimator()))  # fmt: skip
     assert (cond.width, cond.height) == frame_size
     assert cond.pose_frames.shape[1:3] == (frame_size[1], frame_size[0])
 

@@ -216,11 +216,11 @@ def test_one_person_video_gives_the_official_output(person):
 
 def test_person_input_in_the_schema_and_options():
     inference = import_app_module("inference")
-    runtime = import_app_module("runtime")
+    request_options = import_app_module("request_options")
     files = {"driving_video": {"path": "/tmp/driving.mp4"}, "reference_image": {"path": "/tmp/ref.png"}}
     assert inference.AppInput(**files).person == "auto"
     assert inference.AppInput(**files, person=1).person == "1"  # an integer in the JSON works too
-    assert runtime.preprocess_options(inference.AppInput(**files, person=" 10,20 ")).person == "10,20"
+    assert request_options.preprocess_options(inference.AppInput(**files, person=" 10,20 ")).person == "10,20"
     with pytest.raises(ValidationError, match="person"):
         inference.AppInput(**files, person="tallest")
     schema = inference.AppInput.model_json_schema()["properties"]["person"]

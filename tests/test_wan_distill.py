@@ -307,7 +307,7 @@ def test_setup_warm_up_compiles_each_adapter_set_once(tmp_path: Path, release_fi
     """The worker's warm-up visits animation / replacement with and without distillation: one graph of the blocks per
     adapter set (and one of the face adapters, which carry no LoRA); requests in those sets then compile nothing."""
     from torch._dynamo.utils import counters
-    from wan_animate.runtime import warm_up_adapter_sets
+    from wan_animate.compile_policy import warm_up_adapter_sets
 
     models = build_tiny_models()
     relit = write_relighting_checkpoint(models.transformer, tmp_path / "relighting_lora.ckpt")

@@ -1,7 +1,7 @@
 """What the smoke preset builds in the release's own layouts: the original Wan-Animate key names of a diffusers
 transformer, and a random LightX2V distillation LoRA in the layout of the real file.
 
-The smoke preset loads that random LoRA through the real loader (runtime.py); tests and benchmarks use the same
+The smoke preset loads that random LoRA through the real loader (worker.load_runtime); tests and benchmarks use the same
 helpers. Nothing here runs in a real generation.
 """
 

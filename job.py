@@ -88,15 +88,28 @@ def _oom_error(inp: AppInput) -> InputError:
     )
 
 
+def conditioning_checksum(cond: Any) -> int:
+    """A cheap fingerprint to compare the processes' conditioning: the reference, every 8th face-crop pixel, and the
+    skeletons' keypoints when they are drawn on demand (drawing every frame at once would hold T x H x W x 3 bytes;
+    skeleton arrays, as tests and benchmarks build them, by every 8th pixel)."""
+    from .preprocess.skeleton_video import SkeletonVideo
+
+    total = int(cond.reference.sum(dtype=np.int64)) + int(cond.face_frames[:, ::8, ::8].sum(dtype=np.int64))
+    if isinstance(cond.pose_frames, SkeletonVideo):
+        points = [np.concatenate([p.body, p.left_hand, p.right_hand]) for p in cond.pose_frames.poses]  # (62, 3) each
+        weights = np.arange(1, len(points) + 1, dtype=np.float64)  # a pose moved to another frame changes the sum
+        sums = np.array([a.sum(dtype=np.float64) for a in points])
+        return total + round(float(weights @ sums) * 256)
+    return total + int(cond.pose_frames[:, ::8, ::8].sum(dtype=np.int64))
+
+
 def _split_conditioning(runtime: Runtime, cond: Any, clip_len: int) -> Any:
     """Context parallel: check every process preprocessed the same video, then crop it (by a few 16-pixel rows or
     columns, only when needed) to a size whose clip token count the process count divides."""
     from .wan.parallel import center_crop_conditioning, gather_values, parallel_frame_size
 
     shape = (cond.num_frames, cond.height, cond.width)
-    pose_sum, reference_sum = cond.pose_frames[:, ::8, ::8].sum(dtype=np.int64), cond.reference.sum(dtype=np.int64)
-    checksum = int(pose_sum) + int(reference_sum)
-    seen = gather_values((shape, checksum))
+    seen = gather_values((shape, conditioning_checksum(cond)))
     if any(s != seen[0][0] for s, _ in seen):
         raise RuntimeError(f"the processes preprocessed different videos (frames, height, width): {seen}")
     if any(c != seen[0][1] for _, c in seen):

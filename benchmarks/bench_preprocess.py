@@ -13,7 +13,8 @@ weights, `process_checkpoint/sam2/sam2_hiera_large.pt`), loads them with the app
    masks. Random weights make that agreement a rough guide only: real masks need the real weights to judge.
 
 Stages are timed by wrapping the pipeline's own functions (decode, detection, pose, face crops, skeleton drawing,
-resizing, SAM2, mask refinement, background), with a CUDA synchronisation after every GPU stage; onnxruntime's
+resizing, SAM2, mask refinement, background; the skeletons are drawn when read, so each run draws them once after
+preprocess() and counts that in its total, as before), with a CUDA synchronisation after every GPU stage; onnxruntime's
 active providers are checked and the run stops if a GPU run would silently use the CPU. Results: per-stage seconds
 and frames/s, model-only throughput of both ONNX sessions, GPU memory, and markdown rows for BENCHMARKS.md, printed
 and written to --out (default $OUT, else ./out/preprocess) as results.json and results.md after every run.
@@ -289,6 +290,7 @@ PARTS = {
 def instrumentation(models: Any, clock: StageClock) -> list[tuple[Any, str, Any]]:
     """The patches that route every preprocessing stage through `clock` (the app's functions, unchanged)."""
     from wan_animate.preprocess import detection, driving_pass, masks, pipeline, pose, sam2_video
+    from wan_animate.preprocess.skeleton_video import SkeletonVideo
 
     estimator = models.pose_estimator
     det, pose_model = estimator.detector, estimator.pose
@@ -302,8 +304,7 @@ def instrumentation(models: Any, clock: StageClock) -> list[tuple[Any, str, Any]
         (driving_pass, "face_box", clock.wrap(FACE, driving_pass.face_box)),
         (driving_pass, "crop_face", clock.wrap(FACE, driving_pass.crop_face)),
         (driving_pass, "fill_missing_faces", clock.wrap(FACE, driving_pass.fill_missing_faces)),
-        (pipeline, "_draw", clock.wrap(SKELETON, pipeline._draw)),
-        (pipeline, "_draw_letterboxed", clock.wrap(SKELETON, pipeline._draw_letterboxed)),
+        (SkeletonVideo, "draw", clock.wrap(SKELETON, SkeletonVideo.draw)),  # run_preprocess draws every frame once
         (det, "detect_all", clock.wrap(DETECTION, det.detect_all, gpu=True)),  # every person box of a frame
         (estimator, "pose", clock.wrap(POSE, pose_model, gpu=True)),
         (det.runner, "session", TimedSession(det.runner.session, clock, det_parts[1])),
@@ -342,8 +343,9 @@ def run_preprocess(name: str, clip: Path, options: Any, models: Any, cuda: bool,
         timed_masks = dict((attr, value) for obj, attr, value in patches if obj is masks_module)["person_masks"]
 
         def capture(*args: Any, **kwargs: Any) -> np.ndarray:
-            captured["masks"] = timed_masks(*args, **kwargs)
-            return captured["masks"]
+            masks = timed_masks(*args, **kwargs)
+            captured["masks"] = masks.copy()  # SAM2's raw masks: the pipeline refines `masks` in place
+            return masks
 
         patches.append((masks_module, "person_masks", capture))
     if cuda:
@@ -353,6 +355,8 @@ def run_preprocess(name: str, clip: Path, options: Any, models: Any, cuda: bool,
     began = time.perf_counter()
     with patched(patches):
         cond = preprocess(clip, REFERENCE_IMAGE, options, models, log=log)
+        for _ in cond.pose_frames:  # skeletons are drawn when read: once here, as generation will (timed as before)
+            pass
     if cuda:
         torch.cuda.synchronize()
     total = time.perf_counter() - began

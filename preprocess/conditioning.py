@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .skeleton_video import SkeletonVideo
 
 Mode = Literal["animation", "replacement"]
 
@@ -39,7 +42,9 @@ class Conditioning:
     (multiples of 16).
     """
 
-    pose_frames: np.ndarray  # (T, H, W, 3) uint8: skeleton drawings on black
+    # (T, H, W, 3) uint8: skeleton drawings on black; preprocess() gives a SkeletonVideo, which draws the frames
+    # when they are read (indexing, iteration, np.asarray) instead of holding them all (5 GB at 1800 frames of 720p)
+    pose_frames: np.ndarray | SkeletonVideo
     face_frames: np.ndarray  # (T, 512, 512, 3) uint8: face crops of the driving person
     reference: np.ndarray  # (H, W, 3) uint8: the character image, letterboxed to H x W
     fps: float  # frame rate of all the arrays above (and of the output video)

@@ -45,8 +45,9 @@ def test_sam2_pixel_frames_equal_frame_by_frame(monkeypatch):
 
 
 def test_skeletons_and_mask_refinement_equal_serial(monkeypatch):
-    from wan_animate.preprocess import masks, pipeline
+    from wan_animate.preprocess import masks
     from wan_animate.preprocess.pose import wholebody_to_pose_meta
+    from wan_animate.preprocess.skeleton_video import SkeletonVideo
 
     rng = np.random.default_rng(2)
     poses = []
@@ -56,10 +57,10 @@ def test_skeletons_and_mask_refinement_equal_serial(monkeypatch):
         poses.append(wholebody_to_pose_meta(kps, 320, 180))
     binary = (rng.random((6, 180, 320)) > 0.995).astype(np.uint8)
     results = {}
-    for threads in ("1", "3"):
+    for threads in ("1", "3"):  # refine_masks refines in place: each run gets its own copy
         monkeypatch.setenv(frame_threads.ENV_THREADS, threads)
-        results[threads] = (pipeline._draw_letterboxed(poses, (180, 320), (256, 224)), pipeline._draw(poses, (180, 320)),
-                            masks.refine_masks(binary, 2, 5, 2, 2))  # fmt: skip
+        results[threads] = (SkeletonVideo(poses, (256, 224), canvas_hw=(180, 320))[:],
+                            SkeletonVideo(poses, (180, 320))[:], masks.refine_masks(binary.copy(), 2, 5, 2, 2))  # fmt: skip
     for serial, threaded in zip(results["1"], results["3"], strict=True):
         np.testing.assert_array_equal(serial, threaded)
     assert results["3"][0].max() > 0 and results["3"][2].sum() > binary.sum()  # something was drawn and dilated

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+import cv2
 import numpy as np
 import pytest
 from conftest import fixture_path
@@ -108,6 +109,63 @@ def test_remove_person_zeroes_the_masked_pixels():
     assert out.dtype == np.uint8
     with pytest.raises(ValueError):
         M.remove_person(frames, masks[:, :2])
+
+
+def test_in_place_refinement_and_background_equal_the_former_copies():
+    # the former eager code: binary copy, a new refined array, and frames * (masks == 0) as a new background
+    rng = np.random.default_rng(5)
+    frames = rng.integers(0, 256, (5, 40, 56, 3), dtype=np.uint8)
+    masks = (rng.random((5, 40, 56)) > 0.99).astype(np.uint8) * rng.choice(np.array([1, 255], np.uint8), (5, 40, 56))
+    kernel = np.ones((5, 5), np.uint8)
+    binary = (masks > 0).astype(np.uint8)
+    former_masks = np.stack([M.grid_fill(cv2.dilate(m, kernel, iterations=2), 2, 3) for m in binary])
+    former_background = frames * (former_masks == 0)[..., None].astype(np.uint8)
+    refined = M.refine_masks(masks, iterations=2, kernel_size=5, w_subdivisions=2, h_subdivisions=3)
+    assert refined is masks  # in place
+    np.testing.assert_array_equal(refined, former_masks)
+    background = M.remove_person(frames, refined)
+    assert background is frames  # in place
+    np.testing.assert_array_equal(background, former_background)
+    assert 0 < former_masks.sum() < former_masks.size
+
+
+def test_replacement_background_and_masks_equal_the_former_pipeline(monkeypatch):
+    # the whole replacement path (real fixture, smoke poses, a stand-in segmenter) vs the former copies, from the same SAM2 masks
+    from wan_animate.preprocess import PreprocessModels, PreprocessOptions, preprocess
+    from wan_animate.preprocess.smoke_models import smoke_pose_estimator
+
+    captured = {}
+    person_masks = M.person_masks
+
+    def capture(frames, *args, **kwargs):
+        captured["frames"] = frames.copy()  # both are changed in place afterwards
+        masks = person_masks(frames, *args, **kwargs)
+        captured["masks"] = masks.copy()
+        return masks
+
+    class ClickBoxSegmenter:  # a stand-in SAM2: the clicks' bounding box in every frame, none in frame 1
+        def segment(self, frames, clicks):
+            points = np.concatenate([np.asarray(c) for c in clicks.values()]).astype(int)
+            (x1, y1), (x2, y2) = points.min(axis=0), points.max(axis=0)
+            out = np.zeros(frames.shape[:3], bool)
+            out[:, y1 : y2 + 1, x1 : x2 + 1] = True
+            out[1] = False
+            return out
+
+    monkeypatch.setattr(M, "person_masks", capture)
+    options = PreprocessOptions(mode="replacement", resolution_width=256, resolution_height=256, fps=3,
+                                mask_iterations=2, mask_kernel_size=5, mask_w_subdivisions=2)  # fmt: skip
+    models = PreprocessModels(pose_estimator=smoke_pose_estimator(), segmenter=ClickBoxSegmenter())
+    cond = preprocess(fixture_path("driving_two_people_3s_small.mp4"), fixture_path("reference_astronaut.png"),
+                      options, models)  # fmt: skip
+    raw = captured["masks"]  # SAM2's, with frame 1 filled from its nearest frame
+    kernel = np.ones((5, 5), np.uint8)
+    former_masks = np.stack([M.grid_fill(cv2.dilate((m > 0).astype(np.uint8), kernel, iterations=2), 2, 1)
+                             for m in raw])  # fmt: skip
+    np.testing.assert_array_equal(cond.mask_frames, former_masks)
+    np.testing.assert_array_equal(cond.background_frames,
+                                  captured["frames"] * (former_masks == 0)[..., None].astype(np.uint8))  # fmt: skip
+    assert 0 < former_masks.mean() < 1 and np.array_equal(raw[1], raw[0])  # partial masks; frame 1 took frame 0's
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ clip splittable. The 2-process runs themselves are in test_wan_parallel.py and t
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from tiny_conditioning import tiny_conditioning
@@ -83,3 +84,56 @@ def test_a_clip_the_processes_cannot_split_evenly_is_centre_cropped():
     r = worker.Runtime(preset="smoke", device=CPU, preprocess_models=None, wan_models=None)
     assert not r.context_parallel and r.is_main
     assert parallel_runtime(2).context_parallel and parallel_runtime(2).is_main
+
+
+
+def _skeleton_conditioning(num_frames: int, height: int, width: int) -> object:
+    """tiny_conditioning with its skeletons as preprocess() gives them: poses drawn when read."""
+    import dataclasses
+
+    from wan_animate.preprocess.pose_meta import PoseMeta
+    from wan_animate.preprocess.skeleton_video import SkeletonVideo
+
+    poses = []
+    for t in range(num_frames):  # a neck-to-hip stick moving right
+        meta = PoseMeta.empty(width, height)
+        meta.body[1] = (10 + 4 * t, 8, 0.9)
+        meta.body[8] = (12 + 4 * t, 40, 0.9)
+        poses.append(meta)
+    cond = tiny_conditioning(num_frames, height=height, width=width, seed=3)
+    return dataclasses.replace(cond, pose_frames=SkeletonVideo(poses, (height, width)))
+
+
+def test_a_skeleton_video_is_checked_and_cropped_without_drawing_every_frame(monkeypatch, caplog):
+    from wan_animate.preprocess import skeleton_video
+    from wan_animate.wan import parallel
+
+    cond = _skeleton_conditioning(5, 48, 80)
+    everything = np.asarray(cond.pose_frames)
+    assert everything.max() > 0
+
+    def draw(self, indices):  # the checksum and the crop must not draw the whole video
+        raise AssertionError(f"drew {len(indices)} frames")
+
+    monkeypatch.setattr(skeleton_video.SkeletonVideo, "draw", draw)
+    split = job._split_conditioning(parallel_runtime(2), cond, clip_len=5)
+    assert isinstance(split.pose_frames, skeleton_video.SkeletonVideo) and split.pose_frames.crop == (0, 8, 48, 64)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(np.asarray(split.pose_frames), everything[:, :, 8:72])
+    # the fingerprint follows the poses: one point moved, or two frames' poses swapped, changes it
+    checksum = job.conditioning_checksum(cond)
+    moved = cond.pose_frames.poses[2].body
+    moved[1, 0] += 1
+    assert job.conditioning_checksum(cond) != checksum
+    moved[1, 0] -= 1
+    poses = cond.pose_frames.poses
+    poses[0], poses[1] = poses[1], poses[0]
+    assert job.conditioning_checksum(cond) != checksum
+    poses[0], poses[1] = poses[1], poses[0]
+    assert job.conditioning_checksum(cond) == checksum
+    # processes whose fingerprints differ are told about it
+    shape = (cond.num_frames, cond.height, cond.width)
+    monkeypatch.setattr(parallel, "gather_values", lambda value: [value, (shape, value[1] + 1)])
+    with caplog.at_level("WARNING", logger="wan_animate"):
+        job._split_conditioning(parallel_runtime(2), cond, clip_len=5)
+    assert any("conditioning differs slightly" in r.getMessage() for r in caplog.records)

@@ -10,10 +10,14 @@ clip: `decode` (iter_frames, every frame reduced to 1280x720 as decoded), `anima
 default 1280x720 area, with a stand-in pose estimator that returns one fixed person per frame: decode, reduce, face
 crops) and `replacement` (the same pass keeping the frames resized to the output size, as SAM2 needs them).
 `--old SRC` also runs `decode_old` from an app folder at SRC (e.g. `git archive <commit> | tar -x -C SRC`):
-the previous decord reader with the resize after each 32-frame chunk.
+the previous decord reader with the resize after each 32-frame chunk. `--preprocess also|only` adds (or runs only)
+`preprocess_animation` and `preprocess_replacement`: the whole preprocess() on the first N frames (stream-copied
+into their own file) at the source's 60 fps, 1280x720 output, the same stand-in pose estimator and, for
+replacement, a stand-in segmenter whose mask is that pose's person box (no SAM2), default mask refinement.
 
     python benchmarks/bench_decode.py speed --work /tmp/bench-decode
     python benchmarks/bench_decode.py memory --work /tmp/bench-decode --frames 16 1800
+    python benchmarks/bench_decode.py memory --work /tmp/bench-decode --frames 16 1800 --preprocess only
 Results: `--out` (default ./out) as results.json and results.md.
 """
 
@@ -159,6 +163,8 @@ def measure_path(path_name: str, clip: Path, frames: int) -> dict:
         info = vdec.probe_video(clip)
         models = model_loading.PreprocessModels(pose_estimator=StandInPose())
         area = 1280 * 720
+        if path_name.startswith("preprocess_"):  # the whole preprocess(): driving pass, skeletons, masks, background
+            return measure_preprocess(path_name, clip, frames, info.fps)
         if path_name == "animation":
             work_w, work_h = driving_pass.working_size(info.width, info.height, area)
             driving_pass.driving_pass(clip, indices, models, None, False, _quiet(),
@@ -167,6 +173,42 @@ def measure_path(path_name: str, clip: Path, frames: int) -> dict:
             driving_pass.driving_pass(clip, indices, models, area, False, _quiet())
     return {"path": path_name, "frames": frames, "baseline_rss_mb": round(base), "peak_rss_mb": round(_rss_mb()),
             "seconds": round(time.perf_counter() - began, 1)}  # fmt: skip
+
+
+def measure_preprocess(path_name: str, clip: Path, frames: int, source_fps: float) -> dict:
+    """In this (fresh) process: the whole preprocess() over the first `frames` frames at the source rate (animation:
+    a 1280x720 reference, so a 1280x720 output; replacement: a stand-in segmenter), and what its result holds."""
+    from PIL import Image
+    from wan_animate.preprocess import PreprocessModels, PreprocessOptions, preprocess
+
+    reference = clip.with_name("reference_1280x720.png")
+    if not reference.exists():  # a grey gradient: the stand-ins never look at its content
+        Image.fromarray(np.tile(np.linspace(40, 220, 1280, dtype=np.uint8)[None, :, None], (720, 1, 3))).save(reference)
+    trimmed = clip.with_name(f"{clip.stem}_first{frames}.mp4")
+    if not trimmed.exists():  # the first N frames, stream-copied (no re-encode): preprocess() takes whole videos
+        cmd = [ffmpeg(), "-v", "error", "-y", "-i", str(clip), "-frames:v", str(frames), "-c", "copy", str(trimmed)]
+        subprocess.run(cmd, check=True)
+    mode = path_name.removeprefix("preprocess_")
+    models = PreprocessModels(pose_estimator=StandInPose(), segmenter=BoxSegmenter() if mode == "replacement" else None)
+    options = PreprocessOptions(mode=mode, fps=-1)  # every source frame, 1280x720 area, default mask refinement
+    base = _rss_mb()
+    began = time.perf_counter()
+    cond = preprocess(trimmed, reference, options, models, log=_quiet())
+    held = cond.face_frames.nbytes + sum(a.nbytes for a in (cond.background_frames, cond.mask_frames) if a is not None)
+    return {"path": path_name, "frames": cond.num_frames, "baseline_rss_mb": round(base),
+            "peak_rss_mb": round(_rss_mb()), "seconds": round(time.perf_counter() - began, 1),
+            "output": f"{cond.width}x{cond.height}", "result_arrays_mb": round(held / 2**20),
+            "skeletons": type(cond.pose_frames).__name__}  # fmt: skip
+
+
+class BoxSegmenter:
+    """Stand-in SAM2 (no model): every frame's mask is StandInPose's person box (x 0.3-0.7, y 0.1-0.95)."""
+
+    def segment(self, frames: np.ndarray, clicks: dict) -> np.ndarray:
+        count, height, width = frames.shape[:3]
+        masks = np.zeros((count, height, width), bool)
+        masks[:, int(height * 0.1) : int(height * 0.95), int(width * 0.3) : int(width * 0.7)] = True
+        return masks
 
 
 def _quiet():
@@ -193,11 +235,15 @@ class StandInPose:
         return out
 
 
-def run_memory(work: Path, counts: list[int], old: Path | None) -> dict:
+def run_memory(work: Path, counts: list[int], old: Path | None, preprocess_too: str | None = None) -> dict:
+    """Each path x frame count in a fresh process. `preprocess_too`: "also" adds the whole preprocess() in both
+    modes, "only" runs just those."""
     clip = make_clip(work / f"4k60_{max(counts)}.mp4", "3840x2160", 60, max(counts), ["-c:v", "libx264", "-preset", "ultrafast",
                                                                         "-crf", "30", "-pix_fmt", "yuv420p"])  # fmt: skip
     rows = []
     paths = ["decode", "animation", "replacement"] + (["decode_old"] if old else [])
+    paths = paths if preprocess_too in (None, "also") else []
+    paths += ["preprocess_animation", "preprocess_replacement"] if preprocess_too else []
     for path_name in paths:
         for frames in counts:
             root = old if path_name == "decode_old" else APP_ROOT
@@ -227,14 +273,14 @@ def markdown(results: dict) -> str:
             lines.append(f"| {row['codec']} | " + " | ".join(cells) + " |")
         lines.append("")
     if "memory_4k" in results:
-        lines += ["Peak RSS, 3840x2160 60 fps H.264 clip:", "", "| path | frames | baseline MB | peak MB | s |",
-                  "|---|---|---|---|---|"]  # fmt: skip
+        lines += ["Peak RSS, 3840x2160 60 fps H.264 clip:", "",
+                  "| path | frames | baseline MB | peak MB | s | result's arrays MB |", "|---|---|---|---|---|---|"]  # fmt: skip
         for row in results["memory_4k"]:
             if "error" in row:
-                lines.append(f"| {row['path']} | {row['frames']} | failed: {row['error']} | | |")
+                lines.append(f"| {row['path']} | {row['frames']} | failed: {row['error']} | | | |")
             else:
                 lines.append(f"| {row['path']} | {row['frames']} | {row['baseline_rss_mb']} | {row['peak_rss_mb']} "
-                             f"| {row['seconds']} |")  # fmt: skip
+                             f"| {row['seconds']} | {row.get('result_arrays_mb', '')} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -247,6 +293,8 @@ def main() -> None:
     parser.add_argument("--speed-frames", type=int, default=150)
     parser.add_argument("--frames", type=int, nargs="+", default=[16, 1800])
     parser.add_argument("--old", type=Path, default=None, help="an app folder with the previous reader")
+    parser.add_argument("--preprocess", choices=["also", "only"], default=None,
+                        help="memory: also (or only) the whole preprocess() in both modes")  # fmt: skip
     parser.add_argument("--root", type=Path, default=APP_ROOT)
     parser.add_argument("--path", default="decode")
     parser.add_argument("--clip", type=Path)
@@ -257,7 +305,7 @@ def main() -> None:
         return
     args.work.mkdir(parents=True, exist_ok=True)
     results = run_speed(args.work, args.speed_frames, args.reps) if args.what == "speed" else (
-        run_memory(args.work, args.frames, args.old))  # fmt: skip
+        run_memory(args.work, args.frames, args.old, args.preprocess))  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"results_{args.what}.json").write_text(json.dumps(results, indent=2))
     (args.out / f"results_{args.what}.md").write_text(markdown(results))

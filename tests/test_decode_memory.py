@@ -1,7 +1,9 @@
-"""Memory of the driving pass over a 4K video follows the working size: frames are reduced as they are decoded.
+"""Memory of the driving pass over a 4K video follows the working size: frames are reduced as they are decoded; and
+the whole animation-mode preprocess() grows per frame by about a face crop (skeletons are drawn when read).
 
 Each measurement runs in a fresh process (peak RSS, ru_maxrss, is per process): the animation-mode driving pass
-(decode, reduce, pose, face crops) with a stand-in pose estimator over the first N frames of a 3840x2160 clip.
+(decode, reduce, pose, face crops), or the whole preprocess(), with a stand-in pose estimator over the first N frames
+of a 3840x2160 clip.
 """
 
 from __future__ import annotations
@@ -12,18 +14,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from wan_animate.preprocess import video_io as vio
 
 APP_ROOT = Path(__file__).resolve().parents[1]
 
-CHILD = """
+CHILD_START = """
 import json, logging, resource, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 from local_runner import load_app_package
 load_app_package()
-from wan_animate.preprocess import driving_pass, model_loading, video_decode
+from wan_animate.preprocess import PreprocessModels, PreprocessOptions, driving_pass, model_loading, preprocess
+from wan_animate.preprocess import video_decode
 from wan_animate.preprocess.pose_meta import PoseMeta
 
 def stand_in(frames):  # one person in the middle, with a face box: no model
@@ -37,7 +41,9 @@ def stand_in(frames):  # one person in the middle, with a face box: no model
         m.face_box = np.array([w * 0.45, h * 0.12, w * 0.55, h * 0.3, 0.9], np.float32)
         metas.append(m)
     return metas
+"""
 
+CHILD = CHILD_START + """
 clip, frames = sys.argv[2], int(sys.argv[3])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 info = video_decode.probe_video(clip)
@@ -48,6 +54,17 @@ drive = driving_pass.driving_pass(clip, list(range(frames)), models, None, False
 print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "before_mb": before,
                   "frame_hw": list(drive.frame_hw), "pose_wh": [drive.poses[0].width, drive.poses[0].height],
                   "faces": len(drive.faces)}))
+"""
+
+
+CHILD_PREPROCESS = CHILD_START + """
+clip, reference, fps = sys.argv[2], sys.argv[3], float(sys.argv[4])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+cond = preprocess(clip, reference, PreprocessOptions(fps=fps), PreprocessModels(pose_estimator=stand_in),
+                  log=logging.getLogger("memory"))
+print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "before_mb": before,
+                  "frames": cond.num_frames, "size": [cond.width, cond.height],
+                  "skeletons": type(cond.pose_frames).__name__}))
 """
 
 
@@ -132,3 +149,27 @@ def test_animation_poses_found_at_working_size_refer_to_source_pixels(width, hei
     assert pose.body[1, :2].tolist() == pytest.approx([width / 2, height / 2], abs=tolerance)
     assert pose.person_box[:4].tolist() == pytest.approx([width / 4, height / 4, width / 2, height / 2], abs=tolerance)
     assert drive.faces[0].mean() > 100  # the face crop came from the (reduced) frame at the box found there
+
+
+def _preprocess_peak(clip: Path, reference: Path, fps: float) -> dict:
+    """The whole animation-mode preprocess() of the clip at `fps` (above the clip's 60: source frames repeated)."""
+    done = subprocess.run([sys.executable, "-c", CHILD_PREPROCESS, str(APP_ROOT), str(clip), str(reference), str(fps)],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_4k_preprocess_memory_grows_per_frame_by_a_face_crop_not_an_output_frame(clip_4k, tmp_path):
+    from PIL import Image
+
+    reference = tmp_path / "reference.png"  # 16:9, so the output is 1280x720
+    Image.fromarray(np.full((720, 1280, 3), 128, np.uint8)).save(reference)
+    # the 2 s clip at 60 and 300 fps: 120 and 600 output frames from the same 120 decoded 4K frames (the pass's
+    # working memory, decoder and chunk buffers, is the same; only what is kept per output frame differs)
+    short, long = _preprocess_peak(clip_4k, reference, 60), _preprocess_peak(clip_4k, reference, 300)
+    assert short["frames"] == 120 and long["frames"] == 600 and long["size"] == [1280, 720], (short, long)
+    assert long["skeletons"] == "SkeletonVideo"
+    per_frame_mb = (long["peak_mb"] - short["peak_mb"]) / 480
+    # each frame keeps its 512x512 face crop (0.75 MiB) and its pose (a few KB): 0.83 MiB measured; drawn skeletons
+    # would add a 1280x720 frame (2.64 MiB) each (the eager drawing measured 4.1 MiB per frame here)
+    assert per_frame_mb < 1.5, (short, long)

@@ -15,6 +15,9 @@ request sees. The two runs' outputs are NOT compared: with random weights the fr
 difference says nothing about the real distilled model's fidelity.
 
     python benchmarks/bench_clip_e2e.py --height 720 --width 1280 --steps 20 --fast --warmup --runs default,distill --out $OUT
+
+`--video-frames 305` times a ~10 s, 30 fps driving video the way a request generates it: 77-frame clips one after the
+other (each later clip conditioned on the previous clip's last frames), so total_clip_s is the whole video's GPU time.
 """
 
 from __future__ import annotations
@@ -106,6 +109,8 @@ def main() -> int:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--frames", type=int, default=77)
+    parser.add_argument("--video-frames", type=int, default=None,
+                        help="a driving video this long, generated clip by clip (--frames per clip), as a request runs it")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--fast", action="store_true", help="apply wan/speed.py's default fast path first")
     parser.add_argument("--fp8", action="store_true", help="with --fast: FP8 block linears too (torchao)")
@@ -181,13 +186,15 @@ def main() -> int:
         place_models(models, "model")
         models.offload = "model"
         torch.cuda.empty_cache()
-    cond = synthetic_conditioning(args.frames, args.height, args.width, 30.0)
+    video_frames = args.video_frames or args.frames
+    cond = synthetic_conditioning(video_frames, args.height, args.width, 30.0)
     setup = {
         "device": torch.cuda.get_device_name(0),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
         "resolution": f"{args.width}x{args.height}",
         "frames": args.frames,
+        "video_frames": video_frames,
         "fast_path": args.fast,
         "flash4_attention": flash4,
         "attention": args.attention,
@@ -209,7 +216,7 @@ def main() -> int:
             if request > args.clips:
                 models.vae.to(torch.bfloat16)
                 setup = {**setup, "vae_dtype": "bf16"}
-            timing = time_clip(models, cond, options, generate, args.frames)
+            timing = time_clip(models, cond, options, generate, video_frames)
             result = {**setup, "run": run, "request": request, **timing, "warmup_s": warmup_s}
             if run == "distill":
                 result["deviation"] = "not measured: random weights (both paths give noise; no fidelity signal)"
@@ -322,6 +329,8 @@ def time_clip(models: Any, cond: Any, options: Any, generate: Any, frames: int) 
         "median_step_s (steps 2..N)": round(float(np.median(step_s)), 3) if step_s else None,
         "decode_and_to_uint8_s": round(end - step_times[-1], 2),
         "total_clip_s": round(end - start, 2),
+        "segments": len(clips),
+        "gpu_s_per_output_s_at_30fps": round((end - start) / (frames / 30.0), 2),
         "stage_s": stages,
         # the clip less its steps, each counted at the median step time (step 1's own time is inside encode_s)
         "non_transformer_s": round(end - start - len(step_times) * float(np.median(step_s)), 2) if step_s else None,

@@ -13,33 +13,29 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from inferencesh import BaseApp, BaseAppInput, BaseAppOutput, BaseAppSetup, File
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from .deploy_env import setup_from_env
 from .input_files import check_local_file, to_file
 from .limits import LIMITS
-from .request_fields import refuse_unknown_fields
+from .request_fields import (
+    check_clip_len,
+    check_consistent,
+    check_fps,
+    check_person,
+    fetch_lora_files,
+    refuse_unknown_fields,
+)
+from .request_options import MAX_RESOLUTION_SIDE, MIN_RESOLUTION_SIDE, RESOLUTION_DEFAULT
 
 logger = logging.getLogger("wan_animate")
 
 DEFAULT_PROMPT = "视频中的人在做动作"  # the model's own default prompt ("the person in the video is moving")
 MAX_SEED = 2**32 - 1
-# `resolution` presets: (width, height) whose product is the target area. 480p is the area of 854x480 (16:9 480p), not
-# Wan's 832x480: with 832*480 a 16:9 input floors to 832x464, with 854*480 it gives 848x480, and an 832:480 input still
-# gives exactly 832x480. 580p reads as its name (1024x576, 16:9 at the multiple of 16 nearest 580 lines).
-RESOLUTION_PRESETS: dict[str, tuple[int, int]] = {"480p": (854, 480), "580p": (1024, 576), "720p": (1280, 720)}
-# x264 CRF per `video_quality` (lower = better, larger; +6 is about half the bitrate). 18 is what the app always wrote
-# ("visually lossless" in ffmpeg's H.264 guide), 23 x264's default, 28 the guide's upper end of the sane range, 12
-# for keeping grain and fine detail for later edits (lossless 0 would leave the yuv420p High profile players expect).
-VIDEO_QUALITY_CRF: dict[str, int] = {"low": 28, "medium": 23, "high": 18, "maximum": 12}
-RESOLUTION_DEFAULT = (1280, 720)  # resolution_width/resolution_height defaults: "take the preset"
-# Custom width/height bounds. The model itself needs only 16-pixel multiples (VAE stride 8 x patch 2, after the
-# floor); 256 (16 tokens a side) lets 832x480 and smaller previews through while keeping a person drawable.
-MIN_RESOLUTION_SIDE, MAX_RESOLUTION_SIDE = 256, 1920
 
 
 class AppSetup(BaseAppSetup):
@@ -247,37 +243,6 @@ class AppInput(BaseAppInput):
         default=False, description="Also return the skeleton, face-crop and (replacement) mask videos."
     )
 
-    def sampling_settings(self) -> dict[str, Any]:
-        """sampling_steps, shift, sample_solver and guide_scale for this request: with `distill`, the LoRA's
-        recommended values for each one the request left at its default (other values win).
-
-        "At its default", not "not sent": forms and API clients often send every field with its default, and
-        20 dpm++ steps would silently waste the distillation. The one thing this cannot express, distill with
-        exactly a default value (e.g. 20 steps), is not a setting anyone needs.
-        """
-        values = {name: getattr(self, name) for name in ("sampling_steps", "shift", "sample_solver", "guide_scale")}
-        if self.distill:
-            from .wan.distill import RECOMMENDED_SAMPLING
-
-            fields = type(self).model_fields
-            values.update({k: v for k, v in RECOMMENDED_SAMPLING.items() if values[k] == fields[k].default})
-        return values
-
-    def target_resolution(self) -> tuple[int, int]:
-        """(width, height) whose product is the target area: the custom resolution_width/resolution_height when
-        either differs from its default (1280x720), else the `resolution` preset.
-
-        Same rule as sampling_settings: forms and API clients send every field with its default, so "at its
-        default" means "from the preset"; a request without `resolution` (the 720p default, = 1280x720) gets the
-        frame size it got before presets existed, whatever width/height it sets.
-        """
-        custom = (self.resolution_width, self.resolution_height)
-        return custom if custom != RESOLUTION_DEFAULT else RESOLUTION_PRESETS[self.resolution]
-
-    def video_crf(self) -> int:
-        """The x264 CRF the output is encoded with (from `video_quality`)."""
-        return VIDEO_QUALITY_CRF[self.video_quality]
-
     @field_validator("loras")
     @classmethod
     def _loras_list(cls, value: list[LoraInput] | None) -> list[LoraInput]:
@@ -299,48 +264,26 @@ class AppInput(BaseAppInput):
     @field_validator("loras", mode="before")
     @classmethod
     def _fetch_lora_files(cls, value: Any) -> Any:
-        """Each LoRA's file resolved as above, its errors naming `loras[i].file` (or `loras[i].<unknown key>`)."""
-        if not isinstance(value, list):
-            return value  # pydantic refuses it: "Input should be a valid list"
-        items = []
-        for i, item in enumerate(value):
-            if isinstance(item, dict):
-                refuse_unknown_fields(item, LoraInput, f"loras[{i}].")
-                if "file" in item:
-                    item = {**item, "file": to_file(item["file"], f"loras[{i}].file")}
-            items.append(item)
-        return items
+        return fetch_lora_files(value, LoraInput)
 
     @field_validator("fps")
     @classmethod
     def _fps_valid(cls, value: float) -> float:
-        if value != -1 and not (1 <= value <= LIMITS.max_fps):
-            raise ValueError(f"fps must be -1 (keep the source rate) or between 1 and {LIMITS.max_fps}")
-        return value
+        return check_fps(value)
 
     @field_validator("person", mode="before")
     @classmethod
     def _person_valid(cls, value: Any) -> str:
-        from .preprocess.tracking import parse_person
-
-        parse_person(value)  # InputError (a ValueError) naming `person` and what it accepts
-        return "auto" if value is None else str(value).strip()
+        return check_person(value)
 
     @field_validator("clip_len")
     @classmethod
     def _clip_len_4n1(cls, value: int) -> int:
-        if value % 4 != 1:
-            raise ValueError(f"clip_len must be 4n+1 (e.g. 77, 81); {value} is not. Nearest: {4 * round((value - 1) / 4) + 1}")
-        return value
+        return check_clip_len(value)
 
     @model_validator(mode="after")
     def _consistent(self) -> AppInput:
-        if self.refert_num >= self.clip_len:
-            raise ValueError(f"refert_num ({self.refert_num}) must be smaller than clip_len ({self.clip_len})")
-        if self.use_flux and not self.retarget_flag:
-            raise ValueError("use_flux only acts with retarget_flag=true; set both or neither")
-        if self.retarget_flag and self.mode == "replacement":
-            raise ValueError("retarget_flag applies to mode 'animation' only (replacement keeps the video's person size)")
+        check_consistent(self)
         return self
 
 
@@ -357,25 +300,6 @@ class AppOutput(BaseAppOutput):
     pose_video: File | None = Field(default=None, description="Debug: the skeleton video the model saw.")
     face_video: File | None = Field(default=None, description="Debug: the 512x512 face crops.")
     mask_video: File | None = Field(default=None, description="Debug (replacement): the person mask.")
-
-
-def _check_file(file: File | None, field: str) -> Path:
-    """The local path of a required input file, or an InputError naming the field."""
-    return check_local_file(file, field)
-
-
-ENV_SETUP_SWITCHES = {"WAN_ANIMATE_FP8": "fp8", "WAN_ANIMATE_OFFLOAD_MODEL": "offload_model"}
-
-
-def setup_from_env(setup: AppSetup, environ: Mapping[str, str]) -> AppSetup:
-    """`setup` with the switches a deployment's environment turns on (inf.yml `env`; "1"/"true"/"yes").
-
-    They describe the deployment's hardware (inf.fp8-offload.yml sets both for 24 GB cards), so they win over the
-    setup request; unset or "0" leaves the request's value.
-    """
-    on = {field: True for name, field in ENV_SETUP_SWITCHES.items()
-          if environ.get(name, "").strip().lower() in ("1", "true", "yes")}  # fmt: skip
-    return setup.model_copy(update=on) if on else setup
 
 
 class App(BaseApp):
@@ -441,8 +365,8 @@ class App(BaseApp):
 
         self._discard_last_output()
         self._cancel_event = threading.Event()  # a cancel of an earlier request must not stop this one
-        driving = _check_file(input_data.driving_video, "driving_video")
-        reference = _check_file(input_data.reference_image, "reference_image")
+        driving = check_local_file(input_data.driving_video, "driving_video")
+        reference = check_local_file(input_data.reference_image, "reference_image")
         check_worker_can_run(self.runtime, input_data)  # before decoding anything
         seed = job_seed(self.runtime, input_data.seed)
         out_dir = Path(tempfile.mkdtemp(prefix="wan-animate-out-"))

@@ -21,7 +21,15 @@ from .compile_policy import blocks_for_request, runs_compiled
 from .errors import InputError, check_cancel
 from .inference import MAX_SEED, AppInput, AppOutput
 from .limits import LIMITS
-from .request_options import generation_options, ignore_request_offload, preprocess_options, user_loras
+from .request_options import (
+    generation_options,
+    ignore_request_offload,
+    preprocess_options,
+    sampling_settings,
+    target_resolution,
+    user_loras,
+    video_crf,
+)
 from .worker import Runtime, free_device_memory
 
 logger = logging.getLogger(APP_LOGGER)
@@ -78,7 +86,7 @@ def _counted(frames: Iterator[np.ndarray], counter: list[int]) -> Iterator[np.nd
 
 
 def _oom_error(inp: AppInput) -> InputError:
-    width, height = inp.target_resolution()
+    width, height = target_resolution(inp)
     return InputError(
         "gpu_out_of_memory",
         "resolution",
@@ -197,7 +205,7 @@ def run_job(
                     audio_from=driving if inp.merge_audio else None,
                     audio_duration=cond.num_frames / cond.fps,
                     work_dir=work_dir,
-                    crf=inp.video_crf(),
+                    crf=video_crf(inp),
                     should_cancel=should_cancel,
                 )
             else:
@@ -229,7 +237,7 @@ def run_job(
 
 def job_output(result: JobResult, inp: AppInput, seed: int) -> AppOutput:
     """The app's output for a finished job: the video (and debug videos), the seed used, and the video's metadata."""
-    sampling = inp.sampling_settings()
+    sampling = sampling_settings(inp)
     meta = VideoMeta(
         width=result.width,
         height=result.height,

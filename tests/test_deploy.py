@@ -16,6 +16,7 @@ import yaml
 from local_runner import APP_ROOT, import_app_module, main, read_input_json
 
 inference = import_app_module("inference")
+deploy_env = import_app_module("deploy_env")
 
 CONFIGS = {"inf.yml": 80_000_000_000, "inf.fp8-offload.yml": 24_000_000_000}  # file -> GPU memory it asks for
 REQUIRED_KEYS = {"namespace", "name", "description", "metadata", "category", "images", "env", "kernel", "resources"}
@@ -49,7 +50,7 @@ def test_the_two_configurations_are_separate_apps() -> None:
 def setup_under(config_name: str, **request: Any) -> Any:
     """The AppSetup a worker of that configuration uses for a setup request (no model is loaded)."""
     env = read_config(config_name)["env"]
-    return inference.setup_from_env(inference.AppSetup(**request), env)
+    return deploy_env.setup_from_env(inference.AppSetup(**request), env)
 
 
 def test_fp8_offload_configuration_turns_on_fp8_and_offload_in_setup() -> None:
@@ -68,7 +69,7 @@ def test_default_configuration_keeps_the_setup_request() -> None:
 
 @pytest.mark.parametrize(("value", "on"), [("1", True), ("true", True), ("YES", True), ("0", False), ("", False)])
 def test_env_switch_values(value: str, on: bool) -> None:
-    setup = inference.setup_from_env(inference.AppSetup(), {"WAN_ANIMATE_FP8": value})
+    setup = deploy_env.setup_from_env(inference.AppSetup(), {"WAN_ANIMATE_FP8": value})
     assert setup.fp8 is on and setup.offload_model is False
 
 

@@ -11,6 +11,8 @@ from local_runner import import_app_module
 
 inference = import_app_module("inference")
 InputError = import_app_module("errors").InputError
+request_options = import_app_module("request_options")
+check_local_file = import_app_module("input_files").check_local_file
 AppInput = inference.AppInput
 
 FILES = {"driving_video": {"path": "/tmp/driving.mp4"}, "reference_image": {"path": "/tmp/ref.png"}}
@@ -28,53 +30,53 @@ def test_defaults_are_the_documented_ones() -> None:
     assert (inp.mask_iterations, inp.mask_kernel_size, inp.mask_w_subdivisions, inp.mask_h_subdivisions) == (3, 7, 1, 1)
     assert inp.input_prompt == "" and inp.n_prompt == "" and inp.offload_model is False
     assert inp.retarget_flag is False and inp.use_flux is False and inp.distill is False
-    assert inp.sampling_settings() == {"sampling_steps": 20, "shift": 5.0, "sample_solver": "dpm++", "guide_scale": 1.0}
-    assert inp.resolution == "720p" and inp.target_resolution() == (1280, 720)
-    assert inp.merge_audio is True and inp.video_quality == "high" and inp.video_crf() == 18  # the CRF used before
+    assert request_options.sampling_settings(inp) == {"sampling_steps": 20, "shift": 5.0, "sample_solver": "dpm++", "guide_scale": 1.0}
+    assert inp.resolution == "720p" and request_options.target_resolution(inp) == (1280, 720)
+    assert inp.merge_audio is True and inp.video_quality == "high" and request_options.video_crf(inp) == 18  # the CRF used before
 
 
 def test_resolution_presets_and_the_custom_override() -> None:
-    assert inference.RESOLUTION_PRESETS == {"480p": (854, 480), "580p": (1024, 576), "720p": (1280, 720)}
-    for preset, area in inference.RESOLUTION_PRESETS.items():
-        assert make(resolution=preset).target_resolution() == area
+    assert request_options.RESOLUTION_PRESETS == {"480p": (854, 480), "580p": (1024, 576), "720p": (1280, 720)}
+    for preset, area in request_options.RESOLUTION_PRESETS.items():
+        assert request_options.target_resolution(make(resolution=preset)) == area
     # A client that sends every field with its default (a form) gets the preset it asked for.
-    assert make(resolution="480p", resolution_width=1280, resolution_height=720).target_resolution() == (854, 480)
+    assert request_options.target_resolution(make(resolution="480p", resolution_width=1280, resolution_height=720)) == (854, 480)
     parsed = AppInput.model_validate_json('{"driving_video": {"path": "/tmp/d.mp4"}, "reference_image": '
                                           '{"path": "/tmp/r.png"}, "resolution": "580p", "resolution_width": 1280, '
                                           '"resolution_height": 720}')  # fmt: skip
-    assert parsed.target_resolution() == (1024, 576)
+    assert request_options.target_resolution(parsed) == (1024, 576)
     # Width/height other than their defaults are the custom area, whatever the preset.
-    assert make(resolution="480p", resolution_width=832, resolution_height=480).target_resolution() == (832, 480)
-    assert make(resolution="720p", resolution_width=832, resolution_height=480).target_resolution() == (832, 480)
+    assert request_options.target_resolution(make(resolution="480p", resolution_width=832, resolution_height=480)) == (832, 480)
+    assert request_options.target_resolution(make(resolution="720p", resolution_width=832, resolution_height=480)) == (832, 480)
     # Requests from before presets (no `resolution`): the same target area as then.
     for width, height in ((1280, 720), (1920, 1080), (512, 512), (1024, 720), (1280, 960)):
-        assert make(resolution_width=width, resolution_height=height).target_resolution() == (width, height)
-    assert make(resolution_width=1920).target_resolution() == (1920, 720)  # one side set: the other's default
+        assert request_options.target_resolution(make(resolution_width=width, resolution_height=height)) == (width, height)
+    assert request_options.target_resolution(make(resolution_width=1920)) == (1920, 720)  # one side set: the other's default
 
 
 def test_video_quality_presets_are_ordered_crfs() -> None:
-    crf = inference.VIDEO_QUALITY_CRF
+    crf = request_options.VIDEO_QUALITY_CRF
     assert set(crf) == set(AppInput.model_json_schema()["properties"]["video_quality"]["enum"])
     assert crf["low"] > crf["medium"] > crf["high"] > crf["maximum"] > 0  # lower CRF = higher quality
-    assert {q: make(video_quality=q).video_crf() for q in crf} == crf
+    assert {q: request_options.video_crf(make(video_quality=q)) for q in crf} == crf
 
 
 def test_distill_brings_the_loras_settings_where_the_request_has_defaults() -> None:
     recommended = {"sampling_steps": 4, "shift": 5.0, "sample_solver": "euler", "guide_scale": 1.0}
-    assert make(distill=True).sampling_settings() == recommended
+    assert request_options.sampling_settings(make(distill=True)) == recommended
     # Values other than the defaults win.
-    assert make(distill=True, sampling_steps=6).sampling_settings() == {**recommended, "sampling_steps": 6}
-    assert make(distill=True, sample_solver="unipc").sampling_settings() == {**recommended, "sample_solver": "unipc"}
+    assert request_options.sampling_settings(make(distill=True, sampling_steps=6)) == {**recommended, "sampling_steps": 6}
+    assert request_options.sampling_settings(make(distill=True, sample_solver="unipc")) == {**recommended, "sample_solver": "unipc"}
     explicit = dict(sampling_steps=8, shift=3.0, sample_solver="unipc", guide_scale=2.0)
-    assert make(distill=True, **explicit).sampling_settings() == explicit
+    assert request_options.sampling_settings(make(distill=True, **explicit)) == explicit
     # A client that sends every field with its default (a form) still gets the LoRA's settings.
     every_default = dict(sampling_steps=20, shift=5.0, sample_solver="dpm++", guide_scale=1.0)
-    assert make(distill=True, **every_default).sampling_settings() == recommended
+    assert request_options.sampling_settings(make(distill=True, **every_default)) == recommended
     parsed = AppInput.model_validate_json('{"driving_video": {"path": "/tmp/d.mp4"}, "reference_image": '
                                           '{"path": "/tmp/r.png"}, "distill": true, "shift": 8, '
                                           '"sampling_steps": 20, "sample_solver": "dpm++"}')  # fmt: skip
-    assert parsed.sampling_settings() == {**recommended, "shift": 8.0}
-    assert make(sampling_steps=6).sampling_settings()["sampling_steps"] == 6  # without distill: as given
+    assert request_options.sampling_settings(parsed) == {**recommended, "shift": 8.0}
+    assert request_options.sampling_settings(make(sampling_steps=6))["sampling_steps"] == 6  # without distill: as given
 
 
 @pytest.mark.parametrize(
@@ -128,19 +130,19 @@ def test_required_files_missing_or_empty_arrive_as_none_and_are_rejected_by_run(
         inp = AppInput(driving_video=empty, reference_image=FILES["reference_image"])
         assert inp.driving_video is None
         with pytest.raises(InputError) as info:
-            inference._check_file(inp.driving_video, "driving_video")
+            check_local_file(inp.driving_video, "driving_video")
         assert info.value.code == "missing_input" and info.value.field == "driving_video"
 
 
 def test_missing_local_path_validates_but_run_rejects_it(tmp_path) -> None:
     inp = make(driving_video={"path": str(tmp_path / "nope.mp4")})
     with pytest.raises(InputError) as info:
-        inference._check_file(inp.driving_video, "driving_video")
+        check_local_file(inp.driving_video, "driving_video")
     assert info.value.code == "file_not_found"
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
     with pytest.raises(InputError) as info:
-        inference._check_file(make(driving_video={"path": str(empty)}).driving_video, "driving_video")
+        check_local_file(make(driving_video={"path": str(empty)}).driving_video, "driving_video")
     assert info.value.code == "empty_file"
 
 

@@ -21,6 +21,7 @@ from test_preprocess_pipeline import ScriptedEstimator
 from local_runner import import_app_module
 
 inference = import_app_module("inference")
+request_options = import_app_module("request_options")
 job = import_app_module("job")
 request_options = import_app_module("request_options")
 worker = import_app_module("worker")
@@ -105,7 +106,7 @@ def test_merge_audio_false_gives_a_silent_mp4_from_a_driving_video_with_audio(re
 
 def test_video_quality_sets_the_crf_the_encoder_used(recorder, tmp_path) -> None:
     sizes = {}
-    for quality, crf in inference.VIDEO_QUALITY_CRF.items():
+    for quality, crf in request_options.VIDEO_QUALITY_CRF.items():
         result = run(request(video_quality=quality, merge_audio=False, **SMALL), tmp_path)
         assert x264_crf(result.video_path) == crf, quality
         sizes[quality] = result.video_path.stat().st_size

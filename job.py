@@ -72,7 +72,7 @@ def job_seed(runtime: Runtime, seed: int) -> int:
     """The request's seed, drawn when -1; under context parallel every process takes rank 0's (the same noise)."""
     seed = random.randint(0, MAX_SEED) if seed == -1 else seed
     if runtime.context_parallel:
-        from .wan.parallel import broadcast_value
+        from .wan.distributed import broadcast_value
 
         seed = broadcast_value(seed)
     return seed
@@ -114,7 +114,8 @@ def conditioning_checksum(cond: Any) -> int:
 def _split_conditioning(runtime: Runtime, cond: Any, clip_len: int) -> Any:
     """Context parallel: check every process preprocessed the same video, then crop it (by a few 16-pixel rows or
     columns, only when needed) to a size whose clip token count the process count divides."""
-    from .wan.parallel import center_crop_conditioning, gather_values, parallel_frame_size
+    from .wan.distributed import gather_values
+    from .wan.parallel import center_crop_conditioning, parallel_frame_size
 
     shape = (cond.num_frames, cond.height, cond.width)
     seen = gather_values((shape, conditioning_checksum(cond)))

@@ -31,7 +31,7 @@ class Runtime:
     wan_models: Any  # wan.WanAnimateModels
     speed: Any = None  # wan.speed.SpeedOptions applied at load
     compile_budget: Any = None  # wan.speed.CompileBudget when the blocks are compiled
-    dist: Any = None  # wan.parallel.DistributedEnv of a torchrun job; None: one process
+    dist: Any = None  # wan.distributed.DistributedEnv of a torchrun job; None: one process
     weight_paths: Any = None  # weights.WeightPaths (full preset): where per-request preprocessing models load from
 
     @property
@@ -50,7 +50,7 @@ class Runtime:
         self.wan_models = None
         free_device_memory()
         if self.context_parallel:
-            from .wan.parallel import destroy_process_group
+            from .wan.distributed import destroy_process_group
 
             destroy_process_group()
 
@@ -79,7 +79,7 @@ def start_distributed(setup: AppSetup) -> tuple[Any, Any]:
     Each process takes the GPU of its LOCAL_RANK (NCCL between them), or the CPU (gloo) on a host without CUDA.
     Settings that cannot run split across processes are refused here, before any weights load.
     """
-    from .wan.parallel import device_for, distributed_env, init_process_group
+    from .wan.distributed import device_for, distributed_env, init_process_group
 
     env = distributed_env()
     if not env.is_parallel:

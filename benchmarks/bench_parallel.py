@@ -39,6 +39,7 @@ import torch.distributed as dist
 
 speed = bench_forward.speed
 parallel = importlib.import_module("wan_animate.wan.parallel")
+distributed = importlib.import_module("wan_animate.wan.distributed")
 TINY_SIZE = (64, 96, 13)  # height, width, frames: 4 x 6 tokens per frame, 5 latent frames = 120 tokens
 
 
@@ -70,7 +71,7 @@ def peak_gib(device: torch.device) -> float:
 
 def slowest(value: float) -> float:
     """The largest `value` over the ranks (the split forward is as fast as its slowest rank)."""
-    return max(parallel.gather_values(value))
+    return max(distributed.gather_values(value))
 
 
 def measure(
@@ -157,8 +158,8 @@ def main() -> int:
     args = parser.parse_args()
     started = time.perf_counter()
 
-    env = parallel.distributed_env()
-    device = torch.device("cpu") if args.tiny else parallel.device_for(env)
+    env = distributed.distributed_env()
+    device = torch.device("cpu") if args.tiny else distributed.device_for(env)
     if device.type == "cpu" and not args.tiny:
         parser.error("no CUDA GPU: use --tiny for the CPU smoke check")
     if not env.is_parallel:  # one process: a group of one keeps the code below uniform
@@ -185,7 +186,7 @@ def main() -> int:
     results["build_s"] = round(time.perf_counter() - build_start, 1)
     # Same seed on every GPU should give the same weights; the deviation column assumes it, so check it.
     checksum = sum(float(p.float().sum()) for p in (model.blocks[0].attn1.to_q.weight, model.proj_out.weight))
-    results["same_weights_on_all_ranks"] = len(set(parallel.gather_values(checksum))) == 1
+    results["same_weights_on_all_ranks"] = len(set(distributed.gather_values(checksum))) == 1
     log(f"rank 0 of {env.world_size} on {device}: model built in {results['build_s']} s, same weights on all "
         f"ranks: {results['same_weights_on_all_ranks']}")  # fmt: skip
     sizes = {"tiny": TINY_SIZE} if args.tiny else {r: (*bench_forward.RESOLUTIONS[r], bench_forward.NUM_FRAMES)

@@ -108,12 +108,12 @@ def main() -> int:
     from local_runner import load_app_package
 
     load_app_package()
-    from wan_animate.wan import parallel
+    from wan_animate.wan import distributed
 
     torch.set_num_threads(1)
-    env = parallel.distributed_env()
-    device = parallel.device_for(env) if args.device == "cuda" else torch.device("cpu")
-    parallel.init_process_group(env, device)
+    env = distributed.distributed_env()
+    device = distributed.device_for(env) if args.device == "cuda" else torch.device("cpu")
+    distributed.init_process_group(env, device)
     try:
         for check in args.checks.split(","):
             if check == "forward":
@@ -129,7 +129,7 @@ def main() -> int:
             args.out_dir.mkdir(parents=True, exist_ok=True)
             torch.save(result, args.out_dir / f"{check}.rank{env.rank}.pt")
     finally:
-        parallel.destroy_process_group()
+        distributed.destroy_process_group()
     return 0
 
 

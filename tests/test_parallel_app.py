@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 from tiny_conditioning import tiny_conditioning
-from wan_animate.wan.parallel import DistributedEnv, clip_tokens
+from wan_animate.wan.distributed import DistributedEnv
+from wan_animate.wan.parallel import clip_tokens
 
 from local_runner import import_app_module
 
@@ -106,7 +107,7 @@ def _skeleton_conditioning(num_frames: int, height: int, width: int) -> object:
 
 def test_a_skeleton_video_is_checked_and_cropped_without_drawing_every_frame(monkeypatch, caplog):
     from wan_animate.preprocess import skeleton_video
-    from wan_animate.wan import parallel
+    from wan_animate.wan import distributed
 
     cond = _skeleton_conditioning(5, 48, 80)
     everything = np.asarray(cond.pose_frames)
@@ -133,7 +134,7 @@ def test_a_skeleton_video_is_checked_and_cropped_without_drawing_every_frame(mon
     assert job.conditioning_checksum(cond) == checksum
     # processes whose fingerprints differ are told about it
     shape = (cond.num_frames, cond.height, cond.width)
-    monkeypatch.setattr(parallel, "gather_values", lambda value: [value, (shape, value[1] + 1)])
+    monkeypatch.setattr(distributed, "gather_values", lambda value: [value, (shape, value[1] + 1)])
     with caplog.at_level("WARNING", logger="wan_animate"):
         job._split_conditioning(parallel_runtime(2), cond, clip_len=5)
     assert any("conditioning differs slightly" in r.getMessage() for r in caplog.records)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from wan_animate.wan import attention_kernels, parallel, speed
+from wan_animate.wan import attention_kernels, distributed, parallel, speed
 
 APP_ROOT = Path(__file__).resolve().parents[1]
 WORKER = APP_ROOT / "tests" / "cp_worker.py"
@@ -148,12 +148,12 @@ def test_unsupported_combinations_are_refused():
 
 
 def test_distributed_env_from_torchrun_variables():
-    assert parallel.distributed_env({}) == parallel.DistributedEnv(0, 1, 0)
-    env = parallel.distributed_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3"})
+    assert distributed.distributed_env({}) == distributed.DistributedEnv(0, 1, 0)
+    env = distributed.distributed_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "3"})
     assert env.is_parallel and not env.is_main and env.local_rank == 3
     with pytest.raises(ValueError, match="inconsistent"):
-        parallel.distributed_env({"RANK": "2", "WORLD_SIZE": "2"})
-    assert parallel.broadcast_value(5) == 5 and parallel.gather_values(5) == [5]  # no process group: itself
+        distributed.distributed_env({"RANK": "2", "WORLD_SIZE": "2"})
+    assert distributed.broadcast_value(5) == 5 and distributed.gather_values(5) == [5]  # no process group: itself
 
 
 # --- frame sizes the ranks can split ----------------------------------------------------------------------------------

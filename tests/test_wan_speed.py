@@ -401,3 +401,19 @@ def test_new_shapes_past_dynamos_limit_fail_a_fullgraph_block_and_the_budget_run
     with speed.eager_blocks(model):
         refs = [_compiled_forward_at(model, side, None) for side in sides]
     assert all(rel_l2(out, ref) < 1e-6 for out, ref in zip(outs, refs, strict=True))
+
+
+def test_model_attention_backend_leaves_the_process_default_alone():
+    """diffusers' set_attention_backend also switches every other model in the process; ours must not (a CUDA worker's
+    cuDNN choice once made a CPU model built later fail with 'No viable backend')."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    before, _ = _AttentionBackendRegistry.get_active_backend()
+    model = tiny_model()
+    speed.set_model_attention_backend(model, "_native_cudnn")
+    assert _AttentionBackendRegistry.get_active_backend()[0] == before
+    backends = {str(block.attn1.processor._attention_backend.value) for block in model.blocks}
+    assert backends == {"_native_cudnn"}
+    other = tiny_model(seed=1)
+    out = speed.run_forward(other, tiny_inputs(other))  # CPU float32: would fail under a process-wide cuDNN default
+    assert torch.isfinite(out).all()

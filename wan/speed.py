@@ -114,7 +114,7 @@ def apply_speed_options(
     if options.fp8_linears:
         quantize_block_linears_fp8(transformer)
     if options.attention_backend is not None and on_cuda:
-        transformer.set_attention_backend(options.attention_backend)
+        set_model_attention_backend(transformer, options.attention_backend)
     # The kernels' custom ops are registered here, eagerly: registering one inside a compiled trace fails (dynamo
     # refuses to trace torch.library's schema inference).
     if options.flash4_attention:
@@ -138,6 +138,19 @@ def apply_speed_options(
     if options.compile_blocks:
         compile_blocks(transformer, backend=options.compile_backend, mode=options.compile_mode)
     return transformer
+
+
+def set_model_attention_backend(transformer: torch.nn.Module, backend: str) -> None:
+    """Give every attention processor of this model `backend`, leaving diffusers' process-wide default as it was.
+
+    diffusers' `set_attention_backend` also makes the backend the active one for every model in the process, so a
+    CPU model built later would dispatch to a CUDA-only kernel; the processors' own setting is what this model uses.
+    """
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    previous, _ = _AttentionBackendRegistry.get_active_backend()
+    transformer.set_attention_backend(backend)
+    _AttentionBackendRegistry.set_active_backend(previous)
 
 
 def compile_blocks(transformer: torch.nn.Module, backend: str = "inductor", mode: str | None = None) -> int:

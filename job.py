@@ -102,7 +102,8 @@ def conditioning_checksum(cond: Any) -> int:
     skeleton arrays, as tests and benchmarks build them, by every 8th pixel)."""
     from .preprocess.skeleton_video import SkeletonVideo
 
-    total = int(cond.reference.sum(dtype=np.int64)) + int(cond.face_frames[:, ::8, ::8].sum(dtype=np.int64))
+    total = int(cond.reference.sum(dtype=np.int64))
+    total += sum(int(face[::8, ::8].sum(dtype=np.int64)) for face in cond.face_frames)  # a FrameStore: read in turn
     if isinstance(cond.pose_frames, SkeletonVideo):
         points = [np.concatenate([p.body, p.left_hand, p.right_hand]) for p in cond.pose_frames.poses]  # (62, 3) each
         weights = np.arange(1, len(points) + 1, dtype=np.float64)  # a pose moved to another frame changes the sum
@@ -170,7 +171,8 @@ def run_job(
     logger.info("preprocess: started (%s, %s)", inp.mode, driving.name)
     try:
         with models_for_request(runtime.preprocess_models, runtime.weight_paths, runtime.device) as models:
-            cond = preprocess(driving, reference, preprocess_options(inp), models, should_cancel=should_cancel)
+            cond = preprocess(driving, reference, preprocess_options(inp), models, should_cancel=should_cancel,
+                              work_dir=work_dir)
         if cond.num_frames > LIMITS.max_output_frames:
             raise InputError(
                 "too_many_frames",

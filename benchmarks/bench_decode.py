@@ -194,10 +194,13 @@ def measure_preprocess(path_name: str, clip: Path, frames: int, source_fps: floa
     base = _rss_mb()
     began = time.perf_counter()
     cond = preprocess(trimmed, reference, options, models, log=_quiet())
-    held = cond.face_frames.nbytes + sum(a.nbytes for a in (cond.background_frames, cond.mask_frames) if a is not None)
+    arrays = [cond.face_frames, cond.background_frames, cond.mask_frames]
+    held = sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))  # in memory
+    on_disk = sum(a.disk_bytes for a in arrays if a is not None and not isinstance(a, np.ndarray))  # FrameStores
     return {"path": path_name, "frames": cond.num_frames, "baseline_rss_mb": round(base),
             "peak_rss_mb": round(_rss_mb()), "seconds": round(time.perf_counter() - began, 1),
             "output": f"{cond.width}x{cond.height}", "result_arrays_mb": round(held / 2**20),
+            "result_on_disk_mb": round(on_disk / 2**20),
             "skeletons": type(cond.pose_frames).__name__}  # fmt: skip
 
 
@@ -274,13 +277,15 @@ def markdown(results: dict) -> str:
         lines.append("")
     if "memory_4k" in results:
         lines += ["Peak RSS, 3840x2160 60 fps H.264 clip:", "",
-                  "| path | frames | baseline MB | peak MB | s | result's arrays MB |", "|---|---|---|---|---|---|"]  # fmt: skip
+                  "| path | frames | baseline MB | peak MB | s | result in memory MB | result on disk MB |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
         for row in results["memory_4k"]:
             if "error" in row:
-                lines.append(f"| {row['path']} | {row['frames']} | failed: {row['error']} | | | |")
+                lines.append(f"| {row['path']} | {row['frames']} | failed: {row['error']} | | | | |")
             else:
                 lines.append(f"| {row['path']} | {row['frames']} | {row['baseline_rss_mb']} | {row['peak_rss_mb']} "
-                             f"| {row['seconds']} | {row.get('result_arrays_mb', '')} |")  # fmt: skip
+                             f"| {row['seconds']} | {row.get('result_arrays_mb', '')} "
+                             f"| {row.get('result_on_disk_mb', '')} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,4 @@
-"""What preprocessing hands to generation: the model's conditioning as in-memory arrays."""
+"""What preprocessing hands to generation: the model's conditioning, as arrays or array-likes read per clip."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 if TYPE_CHECKING:
+    from .frame_store import FrameStore
     from .skeleton_video import SkeletonVideo
 
 Mode = Literal["animation", "replacement"]
@@ -45,11 +46,13 @@ class Conditioning:
     # (T, H, W, 3) uint8: skeleton drawings on black; preprocess() gives a SkeletonVideo, which draws the frames
     # when they are read (indexing, iteration, np.asarray) instead of holding them all (5 GB at 1800 frames of 720p)
     pose_frames: np.ndarray | SkeletonVideo
-    face_frames: np.ndarray  # (T, 512, 512, 3) uint8: face crops of the driving person
+    face_frames: np.ndarray | FrameStore  # (T, 512, 512, 3) uint8: face crops of the driving person (preprocess():
+    # on disk, read per clip)
     reference: np.ndarray  # (H, W, 3) uint8: the character image, letterboxed to H x W
     fps: float  # frame rate of all the arrays above (and of the output video)
-    background_frames: np.ndarray | None = None  # (T, H, W, 3) uint8, replacement only: person region zeroed
-    mask_frames: np.ndarray | None = None  # (T, H, W) uint8 in {0, 1}, replacement only: 1 = region to regenerate
+    # Replacement only; preprocess() keeps them on disk (a FrameStore, read per clip: 6.6 GB at 1800 frames of 720p)
+    background_frames: np.ndarray | FrameStore | None = None  # (T, H, W, 3) uint8: the person region zeroed
+    mask_frames: np.ndarray | FrameStore | None = None  # (T, H, W) uint8 in {0, 1}: 1 = region to regenerate
 
     @property
     def num_frames(self) -> int:

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
+from .frame_store import Frames
 from .pose_meta import PoseMeta
 
 logger = logging.getLogger(__name__)
@@ -108,11 +109,12 @@ def nearest_good(ok: np.ndarray) -> np.ndarray:
     return np.where(np.abs(idx - before) <= np.abs(after - idx), before, after)
 
 
-def fill_missing_faces(crops: np.ndarray, ok: np.ndarray, log: logging.Logger = logger,
-                       first_frame: int = 0) -> np.ndarray:  # fmt: skip
-    """Give frames without a usable face the crop of the nearest frame with one (in place; returns crops).
+def fill_missing_faces(crops: Frames, ok: np.ndarray, log: logging.Logger = logger, first_frame: int = 0
+                       ) -> Frames:  # fmt: skip
+    """Give frames without a usable face the crop of the nearest frame with one (in place, frame by frame; returns
+    crops).
 
-    crops (T, 512, 512, 3), ok (T,) bool. Raises InputError(no_face_in_video) when no frame has a face.
+    crops (T, 512, 512, 3) uint8, an array or a FrameStore; ok (T,) bool. Raises InputError(no_face_in_video) when no frame has a face.
     """
     if not ok.any():
         raise InputError(

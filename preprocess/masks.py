@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from ..errors import InputError, check_cancel
+from .frame_store import Frames, FrameStore
 from .frame_threads import map_frames
 from .mask_prompts import CLICK_MIN_SCORE, chunk_clicks
 from .pose_meta import PoseMeta
@@ -78,12 +79,14 @@ def _ranges(indices: np.ndarray) -> str:
     return ", ".join(parts)
 
 
-def person_masks(frames: np.ndarray, poses: list[PoseMeta], segmenter: VideoSegmenter,
+def person_masks(frames: Frames, poses: list[PoseMeta], segmenter: VideoSegmenter,
                  chunk_size: int = OFFICIAL_CHUNK, log: logging.Logger = logger,
-                 should_cancel: Callable[[], bool] | None = None) -> np.ndarray:  # fmt: skip
+                 should_cancel: Callable[[], bool] | None = None, out: Frames | None = None) -> Frames:  # fmt: skip
     """(T, H, W) uint8 {0, 1} masks of the driving person, SAM2 in chunks as official.
 
-    should_cancel() is asked before each chunk (True raises errors.Cancelled): a chunk of 400 frames takes minutes.
+    `frames` (T, H, W, 3) uint8 is read one SAM2 chunk at a time; the masks are written into `out` ((T, H, W) uint8
+    zeros: a FrameStore keeps them on disk) or a new array. should_cancel() is asked before each chunk (True raises
+    errors.Cancelled): a chunk of 400 frames takes minutes.
 
     Frames where SAM2 finds nothing take the nearest frame's SAM2 mask; if SAM2 found nothing anywhere,
     a box from each frame's pose (detector box, else confident keypoints), spread to frames without one.
@@ -92,7 +95,10 @@ def person_masks(frames: np.ndarray, poses: list[PoseMeta], segmenter: VideoSegm
     count, height, width = frames.shape[:3]
     if len(poses) != count:
         raise ValueError(f"{len(poses)} poses for {count} frames")
-    masks = np.zeros((count, height, width), np.uint8)
+    masks = np.zeros((count, height, width), np.uint8) if out is None else out
+    if masks.shape != (count, height, width) or masks.dtype != np.uint8:
+        raise ValueError(f"masks {masks.shape} {masks.dtype} for frames {frames.shape}: need uint8 (T, H, W)")
+    found = np.zeros(count, bool)
     chunks = math.ceil(count / chunk_size)
     began = time.perf_counter()
     for index, start in enumerate(range(0, count, chunk_size)):
@@ -106,9 +112,13 @@ def person_masks(frames: np.ndarray, poses: list[PoseMeta], segmenter: VideoSegm
             log.warning("masks: no confident body point in frames %d-%d; nothing to prompt SAM2 with",
                         start, start + len(chunk_poses) - 1)  # fmt: skip
             continue
-        chunk_masks = segmenter.segment(frames[start : start + len(chunk_poses)], clicks)
-        masks[start : start + len(chunk_poses)] = chunk_masks.astype(bool)
-    found = masks.reshape(count, -1).any(axis=1)
+        stop = start + len(chunk_poses)
+        # a FrameStore's chunk goes as a view: the segmenter reads its frames a few at a time
+        chunk = frames.span(start, stop) if isinstance(frames, FrameStore) else frames[start:stop]
+        chunk_masks = segmenter.segment(chunk, clicks).astype(bool)
+        masks[start:stop] = chunk_masks
+        found[start:stop] = chunk_masks.reshape(len(chunk_masks), -1).any(axis=1)
+        del chunk, chunk_masks
     if found.all():
         return masks
     if found.any():
@@ -117,8 +127,9 @@ def person_masks(frames: np.ndarray, poses: list[PoseMeta], segmenter: VideoSegm
                     len(empty), _ranges(empty))  # fmt: skip
         return _fill_from_nearest(masks, found)
     for index, pose in enumerate(poses):
-        masks[index] = keypoint_box_mask(pose, height, width)
-    found = masks.reshape(count, -1).any(axis=1)
+        box = keypoint_box_mask(pose, height, width)
+        masks[index] = box
+        found[index] = box.any()
     if not found.any():
         raise InputError(
             "cannot_mask_person", "driving_video",
@@ -130,7 +141,7 @@ def person_masks(frames: np.ndarray, poses: list[PoseMeta], segmenter: VideoSegm
     return _fill_from_nearest(masks, found)
 
 
-def _fill_from_nearest(masks: np.ndarray, found: np.ndarray) -> np.ndarray:
+def _fill_from_nearest(masks: Frames, found: np.ndarray) -> Frames:
     """`masks` with each frame not `found` replaced, in place, by the nearest found frame's mask (no full copy:
     the sources are found frames, which are never overwritten, so this equals masks[nearest_filled(found)])."""
     source = nearest_filled(found)
@@ -168,10 +179,10 @@ def grid_fill(mask: np.ndarray, w_subdivisions: int, h_subdivisions: int) -> np.
     return out
 
 
-def refine_masks(masks: np.ndarray, iterations: int, kernel_size: int, w_subdivisions: int, h_subdivisions: int
-                 ) -> np.ndarray:  # fmt: skip
-    """`masks`, (T, H, W) uint8, refined IN PLACE and returned: dilated `iterations` times by a kernel_size x
-    kernel_size square, then grid-filled, as {0, 1}.
+def refine_masks(masks: Frames, iterations: int, kernel_size: int, w_subdivisions: int, h_subdivisions: int
+                 ) -> Frames:  # fmt: skip
+    """`masks`, (T, H, W) uint8 (an array or a FrameStore), refined IN PLACE and returned: dilated `iterations`
+    times by a kernel_size x kernel_size square, then grid-filled, as {0, 1}.
 
     iterations 0 leaves the masks as they are (official: no dilation and no grid then), only made binary (the
     official code round-trips them through H.264 and never re-binarises). In place, frame by frame: 1800 masks at
@@ -193,15 +204,17 @@ def refine_masks(masks: np.ndarray, iterations: int, kernel_size: int, w_subdivi
     return masks
 
 
-def remove_person(frames: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """`frames`, (T, H, W, 3) uint8, made the background IN PLACE and returned: the masked pixels set to 0
-    (official). In place, frame by frame: the pipeline needs the frames no more, and 1800 of them at 1280x720 are
-    5.0 GB."""
+def remove_person(frames: Frames, masks: Frames) -> Frames:
+    """`frames`, (T, H, W, 3) uint8 (an array or a FrameStore), made the background IN PLACE and returned: the
+    masked pixels set to 0 (official). In place, frame by frame: the pipeline needs the frames no more, and 1800 of
+    them at 1280x720 are 5.0 GB."""
     if frames.shape[:3] != masks.shape:
         raise ValueError(f"frames {frames.shape} and masks {masks.shape} differ in size")
 
-    def zero(index: int) -> None:
-        frames[index][masks[index] != 0] = 0
+    def zero(index: int) -> None:  # read, zero, write back: a FrameStore's frames are copies
+        frame = frames[index]
+        frame[masks[index] != 0] = 0
+        frames[index] = frame
 
     map_frames(zero, range(len(frames)))
     return frames

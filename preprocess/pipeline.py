@@ -13,10 +13,11 @@ frame is resized by area first (letterboxed, as official), poses, face crops, sk
 masks are computed on those frames, and the reference image is letterboxed to the frame size.
 Retargeting is never applied in this mode (as official).
 
-Deliberate differences from the official flow, each explained where it happens: frames are decoded
-in chunks (animation mode never holds the whole video), no intermediate goes through a lossy H.264 round trip
-(they stay in memory; the skeletons as poses, drawn when read), frames without a usable face borrow the nearest
-face crop, and missing people or faces are InputErrors that say how to fix the input.
+Deliberate differences from the official flow, each explained where it happens: frames are decoded in chunks and,
+of what grows with the video's length, only the poses (a few KB a frame) stay in memory (the face crops and
+replacement mode's frames, masks and background are kept on disk, frame_store.py); no intermediate goes through a
+lossy H.264 round trip (the skeletons are kept as poses, drawn when read); frames without a usable face borrow the
+nearest face crop; and missing people or faces are InputErrors that say how to fix the input.
 
 Modules: driving_pass.py (the pass over the driving video), model_loading.py (the models it runs),
 skeleton_video.py (the skeleton frames, drawn from the poses when generation reads them), then here the checks and
@@ -36,6 +37,7 @@ from ..errors import InputError, check_cancel
 from ..limits import LIMITS
 from .conditioning import Conditioning, PreprocessOptions
 from .driving_pass import DrivingPass, driving_pass, working_size
+from .frame_store import FrameStore
 from .model_loading import PreprocessModels
 from .pose_meta import PoseMeta
 from .skeleton_video import SkeletonVideo
@@ -164,7 +166,8 @@ def _retargeted(drive: DrivingPass, reference: np.ndarray, options: PreprocessOp
 
 def _animation(driving: Path, reference_img: np.ndarray, info: VideoInfo, indices: list[int], fps: float,
                options: PreprocessOptions, models: PreprocessModels, log: logging.Logger, timer: _Timer,
-               should_cancel: Callable[[], bool] | None = None) -> Conditioning:  # fmt: skip
+               should_cancel: Callable[[], bool] | None = None, work_dir: Path | None = None
+               ) -> Conditioning:  # fmt: skip
     area = options.resolution_width * options.resolution_height
     reference = resize_by_area(reference_img, area)  # the output size is the reference's; poses run on this copy
     out_hw = (int(reference.shape[0]), int(reference.shape[1]))
@@ -175,7 +178,7 @@ def _animation(driving: Path, reference_img: np.ndarray, info: VideoInfo, indice
     work_w, work_h = working_size(info.width, info.height, area)
     drive = driving_pass(
         driving, indices, models, None, retarget and options.use_flux, log, parse_person(options.person), fps,
-        should_cancel, work_hw=(work_h, work_w), source_hw=(info.height, info.width),
+        should_cancel, work_hw=(work_h, work_w), source_hw=(info.height, info.width), work_dir=work_dir,
     )
     reduced = f" (poses found at {work_w}x{work_h})" if (work_w, work_h) != (info.width, info.height) else ""
     timer.done("poses+faces", f"{len(indices)} frames at {drive.frame_hw[1]}x{drive.frame_hw[0]}{reduced}")
@@ -190,7 +193,10 @@ def _animation(driving: Path, reference_img: np.ndarray, info: VideoInfo, indice
 
 def _replacement(driving: Path, reference_img: np.ndarray, info: VideoInfo, indices: list[int], fps: float,
                  options: PreprocessOptions, models: PreprocessModels, log: logging.Logger, timer: _Timer,
-                 should_cancel: Callable[[], bool] | None = None) -> Conditioning:  # fmt: skip
+                 should_cancel: Callable[[], bool] | None = None, work_dir: Path | None = None
+                 ) -> Conditioning:  # fmt: skip
+    """The resized frames, the masks and the background live on disk (FrameStores in `work_dir`): at 1800 frames of
+    720p they are 5.0 + 1.6 GB, and generation reads them one clip at a time."""
     from .masks import person_masks, refine_masks, remove_person  # written separately
 
     if models.segmenter is None:
@@ -201,7 +207,7 @@ def _replacement(driving: Path, reference_img: np.ndarray, info: VideoInfo, indi
     area = options.resolution_width * options.resolution_height
     width, height = target_size(info.width, info.height, area)  # the output size is the video's
     drive = driving_pass(driving, indices, models, area, False, log, parse_person(options.person), fps,
-                          should_cancel, source_hw=(info.height, info.width))
+                          should_cancel, source_hw=(info.height, info.width), work_dir=work_dir)
     assert drive.frames is not None and drive.frame_hw == (height, width)
     timer.done("poses+faces", f"{len(indices)} frames resized to {width}x{height}")
     reference = letterbox(reference_img, height, width)  # official padding_resize (bilinear)
@@ -211,7 +217,8 @@ def _replacement(driving: Path, reference_img: np.ndarray, info: VideoInfo, indi
     if drive.present is not None:
         click_poses = [pose if here else PoseMeta.empty(pose.width, pose.height)
                        for pose, here in zip(drive.poses, drive.present, strict=True)]  # fmt: skip
-    masks = person_masks(drive.frames, click_poses, models.segmenter, should_cancel=should_cancel)
+    masks = person_masks(drive.frames, click_poses, models.segmenter, should_cancel=should_cancel,
+                         out=FrameStore(len(indices), (height, width), work_dir))
     if options.mask_iterations > 0:  # official: dilation and grid only when iterations > 0
         masks = refine_masks(
             masks,
@@ -219,9 +226,8 @@ def _replacement(driving: Path, reference_img: np.ndarray, info: VideoInfo, indi
             kernel_size=options.mask_kernel_size,
             w_subdivisions=options.mask_w_subdivisions,
             h_subdivisions=options.mask_h_subdivisions,
-        )  # in place: no second 1.7 GB of masks at 1800 frames of 720p
-    # The kept frames become the background in place (5.0 GB at 1800 frames of 720p): nothing reads them after this.
-    background = remove_person(drive.frames, masks)
+        )  # in place, frame by frame
+    background = remove_person(drive.frames, masks)  # the kept frames become the background in place
     timer.done("masks")
     return Conditioning(
         pose_frames=pose_frames,
@@ -229,16 +235,18 @@ def _replacement(driving: Path, reference_img: np.ndarray, info: VideoInfo, indi
         reference=reference,
         fps=float(fps),
         background_frames=background,
-        mask_frames=masks.astype(np.uint8, copy=False),
+        mask_frames=masks,
     )
 
 
 def preprocess(driving_video: Path, reference_image: Path, options: PreprocessOptions, models: PreprocessModels,
-               log: logging.Logger = logger, should_cancel: Callable[[], bool] | None = None
-               ) -> Conditioning:  # fmt: skip
+               log: logging.Logger = logger, should_cancel: Callable[[], bool] | None = None,
+               work_dir: Path | None = None) -> Conditioning:  # fmt: skip
     """Driving video + character image -> the model's conditioning arrays (both modes, official flow).
 
-    should_cancel() is asked between stages, per pose chunk and per SAM2 chunk; True raises errors.Cancelled."""
+    should_cancel() is asked between stages, per pose chunk and per SAM2 chunk; True raises errors.Cancelled.
+    The face crops, and replacement mode's frames, masks and background, are kept in unnamed files in `work_dir` (the
+    run's folder; the system's temporary folder when None), freed with the returned Conditioning."""
     timer = _Timer(log)
     driving_video, reference_image = Path(driving_video), Path(reference_image)
     parse_person(options.person)  # a bad `person` fails before anything is decoded
@@ -252,10 +260,11 @@ def preprocess(driving_video: Path, reference_image: Path, options: PreprocessOp
                          f"{len(indices)} frames at {fps:g} fps; reference {reference_img.shape[1]}x"
                          f"{reference_img.shape[0]}")  # fmt: skip
     if options.mode == "animation":
-        cond = _animation(driving_video, reference_img, info, indices, fps, options, models, log, timer, should_cancel)
+        cond = _animation(driving_video, reference_img, info, indices, fps, options, models, log, timer, should_cancel,
+                          work_dir)  # fmt: skip
     elif options.mode == "replacement":
         cond = _replacement(driving_video, reference_img, info, indices, fps, options, models, log, timer,
-                            should_cancel)  # fmt: skip
+                            should_cancel, work_dir)  # fmt: skip
     else:
         raise InputError("invalid_mode", "mode", f"unknown mode {options.mode!r}; use animation or replacement")
     log.info("preprocess done: %d frames %dx%d at %g fps in %.1f s", cond.num_frames, cond.width, cond.height,

@@ -1,5 +1,6 @@
 """Memory of the driving pass over a 4K video follows the working size: frames are reduced as they are decoded; and
-the whole animation-mode preprocess() grows per frame by about a face crop (skeletons are drawn when read).
+the whole preprocess() grows per frame by about a pose in both modes (skeletons are drawn when read; the face crops
+and replacement mode's frames, masks and background are kept on disk).
 
 Each measurement runs in a fresh process (peak RSS, ru_maxrss, is per process): the animation-mode driving pass
 (decode, reduce, pose, face crops), or the whole preprocess(), with a stand-in pose estimator over the first N frames
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,13 +60,25 @@ print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss 
 
 
 CHILD_PREPROCESS = CHILD_START + """
-clip, reference, fps = sys.argv[2], sys.argv[3], float(sys.argv[4])
+class BatchReadingSegmenter:  # stand-in SAM2: reads every frame, 32 at a time as SAM2's resize does; the person box
+    def segment(self, frames, clicks):
+        count, height, width = frames.shape[:3]
+        for start in range(0, count, 32):
+            assert frames[start : start + 32].shape[0] > 0
+        masks = np.zeros((count, height, width), bool)
+        masks[:, int(height * 0.1) : int(height * 0.95), int(width * 0.3) : int(width * 0.7)] = True
+        return masks
+
+clip, reference, fps, mode, work = sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5], sys.argv[6]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-cond = preprocess(clip, reference, PreprocessOptions(fps=fps), PreprocessModels(pose_estimator=stand_in),
-                  log=logging.getLogger("memory"))
+models = PreprocessModels(pose_estimator=stand_in, segmenter=BatchReadingSegmenter() if mode == "replacement" else None)
+cond = preprocess(clip, reference, PreprocessOptions(mode=mode, fps=fps), models, log=logging.getLogger("memory"),
+                  work_dir=work)
 print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "before_mb": before,
                   "frames": cond.num_frames, "size": [cond.width, cond.height],
-                  "skeletons": type(cond.pose_frames).__name__}))
+                  "skeletons": type(cond.pose_frames).__name__,
+                  "faces": type(cond.face_frames).__name__, "background": type(cond.background_frames).__name__, "masks": type(cond.mask_frames).__name__,
+                  "mask_sum": int(sum(int(m.sum()) for m in cond.mask_frames)) if mode == "replacement" else 0}))
 """
 
 
@@ -151,15 +165,23 @@ def test_animation_poses_found_at_working_size_refer_to_source_pixels(width, hei
     assert drive.faces[0].mean() > 100  # the face crop came from the (reduced) frame at the box found there
 
 
-def _preprocess_peak(clip: Path, reference: Path, fps: float) -> dict:
-    """The whole animation-mode preprocess() of the clip at `fps` (above the clip's 60: source frames repeated)."""
-    done = subprocess.run([sys.executable, "-c", CHILD_PREPROCESS, str(APP_ROOT), str(clip), str(reference), str(fps)],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+# glibc raises its mmap threshold as large blocks are freed, after which frame-sized buffers come from the heap and
+# freed ones may stay mapped: peak RSS then varies by 0.2-0.8 MiB per frame from run to run with the same code. A
+# fixed threshold makes every frame buffer an mmap returned when freed, so the peak measures what the code holds.
+FIXED_MMAP_THRESHOLD = {"MALLOC_MMAP_THRESHOLD_": str(2**20)}
+
+
+def _preprocess_peak(clip: Path, reference: Path, fps: float, mode: str = "animation", work: Path | None = None
+                     ) -> dict:  # fmt: skip
+    """The whole preprocess() of the clip at `fps` (above the clip's 60: source frames repeated) in `mode`."""
+    args = [str(APP_ROOT), str(clip), str(reference), str(fps), mode, str(work or clip.parent)]
+    done = subprocess.run([sys.executable, "-c", CHILD_PREPROCESS, *args], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, **FIXED_MMAP_THRESHOLD})  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_4k_preprocess_memory_grows_per_frame_by_a_face_crop_not_an_output_frame(clip_4k, tmp_path):
+def test_4k_preprocess_memory_grows_per_frame_by_a_pose_not_a_face_crop_or_an_output_frame(clip_4k, tmp_path):
     from PIL import Image
 
     reference = tmp_path / "reference.png"  # 16:9, so the output is 1280x720
@@ -168,8 +190,30 @@ def test_4k_preprocess_memory_grows_per_frame_by_a_face_crop_not_an_output_frame
     # working memory, decoder and chunk buffers, is the same; only what is kept per output frame differs)
     short, long = _preprocess_peak(clip_4k, reference, 60), _preprocess_peak(clip_4k, reference, 300)
     assert short["frames"] == 120 and long["frames"] == 600 and long["size"] == [1280, 720], (short, long)
-    assert long["skeletons"] == "SkeletonVideo"
+    assert long["skeletons"] == "SkeletonVideo" and long["faces"] == "FrameStore"
     per_frame_mb = (long["peak_mb"] - short["peak_mb"]) / 480
-    # each frame keeps its 512x512 face crop (0.75 MiB) and its pose (a few KB): 0.83 MiB measured; drawn skeletons
-    # would add a 1280x720 frame (2.64 MiB) each (the eager drawing measured 4.1 MiB per frame here)
-    assert per_frame_mb < 1.5, (short, long)
+    # each frame keeps only its pose (a few KB) in memory: 0.015 MiB measured; face crops held in memory would add
+    # 0.75 MiB each (0.83 MiB measured when they were), drawn skeletons 2.64 MiB (the eager drawing measured 4.1)
+    assert per_frame_mb < 0.3, (short, long)
+
+
+def test_4k_replacement_memory_grows_per_frame_by_a_pose_not_frames_masks_or_faces(clip_4k, tmp_path):
+    from PIL import Image
+
+    reference = tmp_path / "reference.png"
+    Image.fromarray(np.full((720, 1280, 3), 128, np.uint8)).save(reference)
+    work = tmp_path / "work"
+    work.mkdir()
+    # 420 and 900 output frames (the 2 s clip at 210 and 450 fps): both runs take full 400-frame SAM2 chunks, so the
+    # difference is what is kept per frame
+    short = _preprocess_peak(clip_4k, reference, 210, "replacement", work)
+    long = _preprocess_peak(clip_4k, reference, 450, "replacement", work)
+    assert short["frames"] == 420 and long["frames"] == 900 and long["size"] == [1280, 720], (short, long)
+    assert long["background"] == long["masks"] == long["faces"] == "FrameStore"
+    box = (int(720 * 0.95) - int(720 * 0.1)) * (int(1280 * 0.7) - int(1280 * 0.3))
+    assert long["mask_sum"] > 900 * box  # the stand-in's masks arrived (and were dilated outward), all frames
+    assert list(work.iterdir()) == []  # the stores' files had no names and went with the process
+    per_frame_mb = (long["peak_mb"] - short["peak_mb"]) / 480
+    # each frame keeps only its pose in memory (0.015 MiB measured); its face crop would be 0.75 MiB, its frame (the
+    # background) 2.64 MiB and its mask 0.88 MiB (the in-memory pipeline measured 4.6 MiB per frame at 1800 frames)
+    assert per_frame_mb < 0.3, (short, long)

@@ -13,11 +13,18 @@ from wan_animate.errors import InputError
 from wan_animate.preprocess import mask_prompts as P
 from wan_animate.preprocess import masks as M
 from wan_animate.preprocess import sam2_video as V
+from wan_animate.preprocess.frame_store import FrameStore
 from wan_animate.preprocess.pose_meta import PoseMeta
 
 
 def one_frame(mask: np.ndarray) -> np.ndarray:
     return mask[None].astype(np.uint8)
+
+
+def stored(frames: np.ndarray, directory) -> FrameStore:
+    store = FrameStore(len(frames), frames.shape[1:], directory)
+    store[:] = frames
+    return store
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -111,7 +118,8 @@ def test_remove_person_zeroes_the_masked_pixels():
         M.remove_person(frames, masks[:, :2])
 
 
-def test_in_place_refinement_and_background_equal_the_former_copies():
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_in_place_refinement_and_background_equal_the_former_copies(on_disk, tmp_path):
     # the former eager code: binary copy, a new refined array, and frames * (masks == 0) as a new background
     rng = np.random.default_rng(5)
     frames = rng.integers(0, 256, (5, 40, 56, 3), dtype=np.uint8)
@@ -120,6 +128,8 @@ def test_in_place_refinement_and_background_equal_the_former_copies():
     binary = (masks > 0).astype(np.uint8)
     former_masks = np.stack([M.grid_fill(cv2.dilate(m, kernel, iterations=2), 2, 3) for m in binary])
     former_background = frames * (former_masks == 0)[..., None].astype(np.uint8)
+    if on_disk:  # the pipeline's FrameStores take the same path, frame by frame
+        frames, masks = (stored(a, tmp_path) for a in (frames, masks))
     refined = M.refine_masks(masks, iterations=2, kernel_size=5, w_subdivisions=2, h_subdivisions=3)
     assert refined is masks  # in place
     np.testing.assert_array_equal(refined, former_masks)
@@ -138,9 +148,9 @@ def test_replacement_background_and_masks_equal_the_former_pipeline(monkeypatch)
     person_masks = M.person_masks
 
     def capture(frames, *args, **kwargs):
-        captured["frames"] = frames.copy()  # both are changed in place afterwards
+        captured["frames"] = np.array(frames)  # a copy: both are changed in place afterwards
         masks = person_masks(frames, *args, **kwargs)
-        captured["masks"] = masks.copy()
+        captured["masks"] = np.array(masks)
         return masks
 
     class ClickBoxSegmenter:  # a stand-in SAM2: the clicks' bounding box in every frame, none in frame 1
@@ -158,6 +168,8 @@ def test_replacement_background_and_masks_equal_the_former_pipeline(monkeypatch)
     models = PreprocessModels(pose_estimator=smoke_pose_estimator(), segmenter=ClickBoxSegmenter())
     cond = preprocess(fixture_path("driving_two_people_3s_small.mp4"), fixture_path("reference_astronaut.png"),
                       options, models)  # fmt: skip
+    # kept on disk, the frames (made the background in place) and the masks
+    assert isinstance(cond.background_frames, FrameStore) and isinstance(cond.mask_frames, FrameStore)
     raw = captured["masks"]  # SAM2's, with frame 1 filled from its nearest frame
     kernel = np.ones((5, 5), np.uint8)
     former_masks = np.stack([M.grid_fill(cv2.dilate((m > 0).astype(np.uint8), kernel, iterations=2), 2, 1)
@@ -223,14 +235,21 @@ def standing_pose(shift: int = 0) -> PoseMeta:
     return pose_with({0: (20 + shift, 5, 0.9), 1: (20 + shift, 10, 0.9), 8: (18 + shift, 25, 0.9)})
 
 
-def test_person_masks_chunks_and_key_frames():
+@pytest.fixture(params=["in memory", "on disk"])
+def masks_into(request, tmp_path):
+    """person_masks' `out`: None (a new array) or a FrameStore of zeros, as the pipeline passes."""
+    return lambda count, height=48, width=64: (None if request.param == "in memory"
+                                               else FrameStore(count, (height, width), tmp_path))  # fmt: skip
+
+
+def test_person_masks_chunks_and_key_frames(masks_into):
     count = 20
     sam = np.zeros((count, 48, 64), bool)
     sam[:, 10:20, 10:30] = True
     poses = [standing_pose(i % 3) for i in range(count)]
     poses[2] = pose_with({0: (5, 5, 0.2)})  # a key frame without a confident point is not prompted
     fake = FakeSegmenter(sam)
-    out = M.person_masks(indexed_frames(count), poses, fake, chunk_size=8)
+    out = M.person_masks(indexed_frames(count), poses, fake, chunk_size=8, out=masks_into(count))
     assert [call[0] for call in fake.calls] == [list(range(0, 8)), list(range(8, 16)), list(range(16, 20))]
     assert list(fake.calls[0][1]) == [0, 4, 6]  # key frames 0, 2, 4, 6 of 8; frame 2 skipped
     assert list(fake.calls[1][1]) == [0, 2, 4, 6]
@@ -240,28 +259,28 @@ def test_person_masks_chunks_and_key_frames():
     assert out.dtype == np.uint8
 
 
-def test_empty_sam_frames_take_the_nearest_mask(caplog):
+def test_empty_sam_frames_take_the_nearest_mask(caplog, masks_into):
     count = 6
     sam = np.zeros((count, 48, 64), bool)
     sam[1, 0:5, 0:5] = True
     sam[4, 10:15, 10:15] = True
     fake = FakeSegmenter(sam)
     with caplog.at_level(logging.WARNING, logger="wan_animate.preprocess.masks"):
-        out = M.person_masks(indexed_frames(count), [standing_pose()] * count, fake)
+        out = M.person_masks(indexed_frames(count), [standing_pose()] * count, fake, out=masks_into(count))
     # frame 0 <- 1; 2 <- 1 (1 away, 4 is 2 away); 3 <- 4; 5 <- 4
     for frame, source in ((0, 1), (1, 1), (2, 1), (3, 4), (4, 4), (5, 4)):
         np.testing.assert_array_equal(out[frame], sam[source])
     assert "0, 2-3, 5" in caplog.text
 
 
-def test_no_sam_mask_anywhere_falls_back_to_pose_boxes():
+def test_no_sam_mask_anywhere_falls_back_to_pose_boxes(masks_into):
     count = 3
     fake = FakeSegmenter(np.zeros((count, 48, 64), bool))
     detector = standing_pose()
     detector.person_box = np.array([5.2, 6.0, 9.5, 12.0, 0.8], np.float32)
     keypoints_only = pose_with({0: (20, 10, 0.9), 1: (30, 30, 0.9), 5: (25, 20, 0.3)})
     nobody = PoseMeta.empty(64, 48)
-    out = M.person_masks(indexed_frames(count), [detector, keypoints_only, nobody], fake)
+    out = M.person_masks(indexed_frames(count), [detector, keypoints_only, nobody], fake, out=masks_into(count))
     expected_box = np.zeros((48, 64), np.uint8)
     expected_box[6:13, 5:11] = 1  # floor/ceil of the detector box, inclusive
     np.testing.assert_array_equal(out[0], expected_box)
@@ -279,13 +298,13 @@ def test_nothing_to_mask_raises_input_error():
     assert fake.calls == []  # no confident point: SAM2 is not even prompted
 
 
-def test_chunk_without_any_confident_point_borrows_from_its_neighbours():
+def test_chunk_without_any_confident_point_borrows_from_its_neighbours(masks_into):
     count = 6
     sam = np.zeros((count, 48, 64), bool)
     sam[:, 1:3, 1:3] = True
     poses = [standing_pose()] * 3 + [PoseMeta.empty(64, 48)] * 3
     fake = FakeSegmenter(sam)
-    out = M.person_masks(indexed_frames(count), poses, fake, chunk_size=3)
+    out = M.person_masks(indexed_frames(count), poses, fake, chunk_size=3, out=masks_into(count))
     assert [call[0] for call in fake.calls] == [[0, 1, 2]]
     np.testing.assert_array_equal(out[3:], np.broadcast_to(sam[2], (3, 48, 64)))
 

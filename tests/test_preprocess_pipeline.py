@@ -238,20 +238,21 @@ def test_flux_requested_without_model(monkeypatch):
 def test_replacement_sizes_from_video_and_wires_masks(monkeypatch, tmp_path, iterations):
     seen = {}
 
-    def person_masks(frames, poses, segmenter, should_cancel=None):
-        seen["frames"], seen["segmenter"] = frames.shape, segmenter
-        masks = np.zeros(frames.shape[:3], np.uint8)
+    def person_masks(frames, poses, segmenter, should_cancel=None, out=None):
+        seen["frames"], seen["segmenter"], seen["out"] = frames.shape, segmenter, type(out).__name__
         for i, pose in enumerate(poses):
             x1, y1, x2, y2 = pose.person_box[:4].astype(int)
-            masks[i, y1:y2, x1:x2] = 1
-        return masks
+            mask = np.zeros(frames.shape[1:3], np.uint8)
+            mask[y1:y2, x1:x2] = 1
+            out[i] = mask
+        return out
 
     def refine_masks(masks, iterations, kernel_size, w_subdivisions, h_subdivisions):
         seen["refine"] = (iterations, kernel_size, w_subdivisions, h_subdivisions)
         return masks
 
     def remove_person(frames, masks):
-        return frames * (1 - masks[..., None])
+        return np.asarray(frames) * (1 - np.asarray(masks)[..., None])
 
     _fake_module(monkeypatch, "masks", person_masks=person_masks, refine_masks=refine_masks,
                  remove_person=remove_person)  # fmt: skip
@@ -264,13 +265,14 @@ def test_replacement_sizes_from_video_and_wires_masks(monkeypatch, tmp_path, ite
     assert cond.mask_frames.dtype == np.uint8 and set(np.unique(cond.mask_frames)) <= {0, 1}
     assert estimator.calls == [(6, 192, 336)]  # poses on the resized frames
     assert seen["frames"] == (6, 192, 336, 3) and seen["segmenter"] == "sam2"
+    assert seen["out"] == "FrameStore"  # the masks are written to disk
     assert seen.get("refine") == ((3, 5, 1, 1) if iterations else None)  # official: no refinement at 0
     # the reference is letterboxed to the frame: 512x512 into 336x192 -> 192 wide, bars of 72 px
     assert cond.reference.shape == (192, 336, 3)
     assert cond.reference[:, :72].max() == 0 and cond.reference[:, 264:].max() == 0
     assert cond.reference[:, 72:264].mean() > 20
     # background: zero inside the mask, the (resized) frame elsewhere
-    assert cond.background_frames[cond.mask_frames == 1].max() == 0
+    assert cond.background_frames[np.asarray(cond.mask_frames) == 1].max() == 0
     files = save_debug_files(cond, tmp_path)
     assert {"bg", "mask"} <= set(files)
     mask_video = vdec.read_frames(files["mask"], [0])[0]

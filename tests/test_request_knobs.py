@@ -47,9 +47,12 @@ class Recorder:
     def __init__(self) -> None:
         self.preprocess_options: list[object] = []
         self.generation_options: list[object] = []
+        self.work_dirs: list[object] = []
 
-    def preprocess(self, driving: Path, reference: Path, options: object, models: object, should_cancel: object = None) -> object:
+    def preprocess(self, driving: Path, reference: Path, options: object, models: object, should_cancel: object = None,
+                   work_dir: object = None) -> object:  # fmt: skip
         self.preprocess_options.append(options)
+        self.work_dirs.append(work_dir)
         width, height = vio.target_size(16, 9, options.resolution_width * options.resolution_height)
         frames = 6
         noise = np.random.default_rng(0).integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
@@ -129,6 +132,7 @@ def test_the_resolution_preset_reaches_preprocessing(recorder, tmp_path) -> None
         options = recorder.preprocess_options[-1]
         assert (options.resolution_width, options.resolution_height) == area
         assert (result.width, result.height) == vio.target_size(16, 9, area[0] * area[1])
+        assert recorder.work_dirs[-1] == tmp_path  # preprocessing keeps its frames on disk in the run's work folder
 
 
 def _reference(tmp_path: Path, width: int, height: int) -> str:

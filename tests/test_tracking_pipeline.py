@@ -159,14 +159,15 @@ def test_animation_skeleton_and_faces_follow_the_walker(frames):
 def test_replacement_picks_the_other_person_masks_and_skeleton_follow(monkeypatch, person):
     seen = {}
 
-    def person_masks(frames, poses, segmenter, should_cancel=None):
+    def person_masks(frames, poses, segmenter, should_cancel=None, out=None):
         seen["poses"] = poses
-        return np.ones(frames.shape[:3], np.uint8)
+        out[:] = np.ones(frames.shape[:3], np.uint8)
+        return out
 
     module = types.ModuleType("wan_animate.preprocess.masks")
     module.person_masks = person_masks
     module.refine_masks = lambda masks, **kw: masks
-    module.remove_person = lambda frames, masks: frames * (1 - masks[..., None])
+    module.remove_person = lambda frames, masks: np.asarray(frames) * (1 - np.asarray(masks)[..., None])
     monkeypatch.setitem(sys.modules, "wan_animate.preprocess.masks", module)
     cond = _run(_models(segmenter="sam2"), mode="replacement", person=person)
     assert cond.pose_frames.shape == (90, 192, 336, 3)  # frames resized: 884x498 -> 336x192

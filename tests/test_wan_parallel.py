@@ -194,6 +194,26 @@ def test_center_crop_keeps_the_middle_of_every_spatial_input():
         parallel.center_crop_conditioning(cond, 64, 64)
 
 
+def test_center_crop_of_frames_on_disk_reads_nothing_until_a_clip_is_read(tmp_path):
+    import dataclasses
+
+    from tiny_conditioning import tiny_conditioning
+    from wan_animate.preprocess.frame_store import FrameStore
+
+    cond = tiny_conditioning(3, height=48, width=64, mode="replacement", seed=2)
+    stores = {}
+    for name in ("background_frames", "mask_frames"):
+        frames = getattr(cond, name)
+        stores[name] = FrameStore(len(frames), frames.shape[1:], tmp_path)
+        stores[name][:] = frames
+    on_disk = dataclasses.replace(cond, **stores)
+    cropped = parallel.center_crop_conditioning(on_disk, 32, 64)
+    assert isinstance(cropped.background_frames, FrameStore) and isinstance(cropped.mask_frames, FrameStore)
+    assert cropped.background_frames.shape == (3, 32, 64, 3) and cropped.mask_frames.shape == (3, 32, 64)
+    np.testing.assert_array_equal(cropped.background_frames[[2, 0]], cond.background_frames[[2, 0], 8:40])
+    np.testing.assert_array_equal(cropped.mask_frames, cond.mask_frames[:, 8:40])
+
+
 # --- two processes under torchrun -------------------------------------------------------------------------------------
 
 

@@ -327,19 +327,16 @@ def center_crop_conditioning(cond: Conditioning, height: int, width: int) -> Con
     def crop(frames: Any, row_axis: int) -> Any:  # rows at `row_axis`, columns right after
         if frames is None:
             return None
+        if hasattr(frames, "cropped"):  # a SkeletonVideo or FrameStore: cut when read, nothing read now
+            return frames.cropped(top, left, height, width)
         index = [slice(None)] * frames.ndim
         index[row_axis] = slice(top, top + height)
         index[row_axis + 1] = slice(left, left + width)
         return frames[tuple(index)].copy()
 
-    pose_frames = cond.pose_frames
-    if hasattr(pose_frames, "cropped"):  # a SkeletonVideo: drawn when read, so the crop is applied then too
-        pose_frames = pose_frames.cropped(top, left, height, width)
-    else:
-        pose_frames = crop(pose_frames, 1)  # [T, H, W, 3]
     return dataclasses.replace(
         cond,
-        pose_frames=pose_frames,
+        pose_frames=crop(cond.pose_frames, 1),  # [T, H, W, 3]
         reference=crop(cond.reference, 0),  # [H, W, 3]
         background_frames=crop(cond.background_frames, 1),  # [T, H, W, 3]
         mask_frames=crop(cond.mask_frames, 1),  # [T, H, W]

@@ -283,7 +283,7 @@ TOP_STAGES = (PROBE, DECODE, RESIZE, DETECTION, POSE, FACE, SKELETON, SAM2, REFI
 PARTS = {
     DETECTION: ("  detection: resize+normalise (CPU)", "  detection: onnxruntime run", "  detection: NMS+choice (CPU)"),
     POSE: ("  pose: crop+normalise (CPU)", "  pose: onnxruntime run", "  pose: heatmap decode (CPU)"),
-    SAM2: ("  SAM2: frame resize+normalise (CPU)", "  SAM2: hole fill+upsample (CPU)"),
+    SAM2: ("  SAM2: frame resize to the model size (CPU)", "  SAM2: hole fill+upsample (CPU)"),
 }
 
 

@@ -15,7 +15,8 @@ Settings the official predictor overrides: dynamic multimask via stability (delt
 transformers' defaults), binarised click masks for the memory encoder (transformers always does this), and
 `fill_hole_area=8` (transformers has no hole filling: done here on the low-resolution logits). Frames are resized
 to the model size with PIL bicubic as official (transformers' video processor uses bilinear), so we feed the
-session our own pixel values.
+session our own pixel values: kept as uint8 and normalised when read (sam2_session.py), a quarter of the memory of
+transformers' float32 frames (1.2 instead of 4.7 GiB for a 400-frame chunk), the same values.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from .frame_store import Frames
 from .frame_threads import map_frames
 from .sam2_checkpoint import model_from_original, tiny_sam2_config
 
@@ -39,6 +41,7 @@ SAM2_HF_REVISION: str | None = None  # placeholder: pinned by weights.py
 FILL_HOLE_AREA = 8  # official predictor override: background holes up to 8 low-res pixels become mask
 HOLE_FILL_VALUE = 0.1  # the logit SAM2 writes into filled holes
 OBJECT_ID = 1
+PLANE_BATCH = 32  # frames read and resized to the model size at a time
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
@@ -46,8 +49,8 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 class VideoSegmenter(Protocol):
     """Segments one object through a clip from positive clicks on some of its frames."""
 
-    def segment(self, frames: np.ndarray, clicks: dict[int, np.ndarray]) -> np.ndarray:
-        """frames (N, H, W, 3) uint8 RGB; clicks: frame index -> (K, 2) pixel x, y. Returns (N, H, W) bool."""
+    def segment(self, frames: Frames, clicks: dict[int, np.ndarray]) -> np.ndarray:
+        """frames (N, H, W, 3) uint8 RGB (an array or a FrameStore view: read a few at a time); clicks: frame index -> (K, 2) pixel x, y. Returns (N, H, W) bool."""
         ...
 
 
@@ -59,31 +62,33 @@ class Sam2VideoSegmenter:
     device: Any  # torch.device the model runs on
     dtype: Any  # torch dtype of the model and the session
     fill_hole_area: int = FILL_HOLE_AREA
-    frames_on_cpu: bool = True  # keep the clip's model-size frames in CPU memory (400 frames = 5 GB in fp32)
 
     @property
     def image_size(self) -> int:
         return int(self.model.config.image_size)
 
-    def _pixels(self, frame: np.ndarray) -> Any:
-        """(H, W, 3) uint8 -> (3, S, S) normalised float tensor; PIL bicubic resize as the official loader."""
-        import torch
+    def _planes(self, frame: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 -> (3, S, S) uint8 channel planes at the model size; PIL bicubic as the official loader."""
         from PIL import Image
 
         size = self.image_size
         resized = np.asarray(Image.fromarray(frame).convert("RGB").resize((size, size)))
-        # The official ((x / 255 - mean) / std) in float32, element for element, but on contiguous channel planes:
-        # broadcasting over a last axis of 3 is several times slower in NumPy.
-        planes = resized.transpose(2, 0, 1).astype(np.float32, order="C")
-        planes /= np.float32(255.0)
-        for channel in range(3):
-            planes[channel] -= IMAGENET_MEAN[channel]
-            planes[channel] /= IMAGENET_STD[channel]
-        return torch.from_numpy(planes)
+        return np.ascontiguousarray(resized.transpose(2, 0, 1))
 
-    def pixel_frames(self, frames: np.ndarray) -> list[Any]:
-        """Every frame's model input (`_pixels`), frames prepared side by side."""
-        return map_frames(self._pixels, frames)
+    def _pixels(self, frame: np.ndarray) -> Any:
+        """(H, W, 3) uint8 -> (3, S, S) normalised float32 tensor, the official input (what the session reads)."""
+        import torch
+
+        planes = self._planes(frame)
+        return torch.from_numpy(normalisation_table()[np.arange(3)[:, None, None], planes])
+
+    def pixel_frames(self, frames: Frames) -> list[np.ndarray]:
+        """Every frame's (3, S, S) uint8 planes (`_planes`), frames read PLANE_BATCH at a time (a FrameStore holds
+        them on disk) and prepared side by side."""
+        planes: list[np.ndarray] = []
+        for start in range(0, len(frames), PLANE_BATCH):
+            planes += map_frames(self._planes, frames[start : start + PLANE_BATCH])
+        return planes
 
     def _processor(self) -> Any:
         from transformers import Sam2ImageProcessor, Sam2VideoProcessor, Sam2VideoVideoProcessor
@@ -92,22 +97,24 @@ class Sam2VideoSegmenter:
             image_processor=Sam2ImageProcessor(), video_processor=Sam2VideoVideoProcessor(), target_size=self.image_size
         )
 
-    def low_res_logits(self, frames: np.ndarray, clicks: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    def low_res_logits(self, frames: Frames, clicks: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
         """Frame index -> (h, w) float32 mask logits at the model's low resolution (before hole filling)."""
         import torch
-        from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
+
+        from .sam2_session import Uint8FrameSession
 
         height, width = frames.shape[1:3]
-        session = Sam2VideoInferenceSession(
+        session = Uint8FrameSession(
+            normalisation_table(),
             video_height=height,
             video_width=width,
             inference_device=self.device,
             inference_state_device=self.device,
-            video_storage_device="cpu" if self.frames_on_cpu else self.device,
+            video_storage_device="cpu",
             dtype=self.dtype,
         )
-        for index, pixels in enumerate(self.pixel_frames(frames)):
-            session.add_new_frame(pixels, index)
+        for index, planes in enumerate(self.pixel_frames(frames)):
+            session.add_new_frame(planes, index)
         processor = self._processor()
         logits: dict[int, np.ndarray] = {}
         with torch.inference_mode():
@@ -128,13 +135,20 @@ class Sam2VideoSegmenter:
                     logits[int(out.frame_idx)] = out.pred_masks[0, 0].float().cpu().numpy()
         return logits
 
-    def segment(self, frames: np.ndarray, clicks: dict[int, np.ndarray]) -> np.ndarray:
+    def segment(self, frames: Frames, clicks: dict[int, np.ndarray]) -> np.ndarray:
         """(N, H, W) bool masks of the clicked object (official: logits > 0 after bilinear upsampling)."""
         height, width = frames.shape[1:3]
         masks = np.zeros((len(frames), height, width), bool)
         for index, low in self.low_res_logits(frames, clicks).items():
             masks[index] = upsample_logits(fill_small_holes(low, self.fill_hole_area), height, width) > 0
         return masks
+
+
+def normalisation_table() -> np.ndarray:
+    """(3, 256) float32: SAM2's input for each channel and uint8 value, the official (x / 255 - mean) / std computed
+    in float32 step by step as the official loader does."""
+    values = np.arange(256, dtype=np.float32) / np.float32(255.0)
+    return np.stack([(values - IMAGENET_MEAN[c]) / IMAGENET_STD[c] for c in range(3)]).astype(np.float32)
 
 
 def fill_small_holes(logits: np.ndarray, max_area: int) -> np.ndarray:

@@ -84,3 +84,45 @@ def test_sam2_pixels_equal_the_official_normalisation():
     got = segmenter._pixels(frame)
     assert got.dtype == torch.float32 and got.is_contiguous()
     np.testing.assert_array_equal(got.numpy(), official)
+
+
+def test_uint8_frame_session_gives_the_logits_of_transformers_float_frames(monkeypatch):
+    """The session keeping uint8 planes (sam2_session.py) against transformers' own session fed the float32 inputs:
+    the same logits on every frame of real video, propagation included, from a quarter of the frame memory."""
+    import decord
+    from conftest import fixture_path
+    from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
+    from wan_animate.preprocess import sam2_session
+
+    reader = decord.VideoReader(str(fixture_path("driving_two_people_3s_small.mp4")), width=160, height=96)
+    frames = reader.get_batch([0, 10, 20, 30, 40]).asnumpy()
+    clicks = {1: np.array([[48, 22], [48, 30], [46, 52]]), 3: np.array([[50, 25]])}  # propagates both ways
+    segmenter = V.tiny_sam2_video(seed=0)
+    sessions = []
+
+    class Recorded(sam2_session.Uint8FrameSession):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            sessions.append(self)
+
+    monkeypatch.setattr(sam2_session, "Uint8FrameSession", Recorded)
+    ours = segmenter.low_res_logits(frames, clicks)
+    stored = sessions[0].processed_frames
+    assert len(stored) == 5 and all(f.dtype == torch.uint8 and f.shape == (3, 128, 128) for f in stored.values())
+    for index, frame in enumerate(frames):  # the model reads frames only through get_frame: the official inputs
+        assert torch.equal(sessions[0].get_frame(index), segmenter._pixels(frame))
+
+    class FloatFrames(Sam2VideoInferenceSession):  # transformers' storage: the normalised float32 frames
+        def __init__(self, table, **kwargs):
+            super().__init__(**kwargs)
+            self.table = table
+
+        def add_new_frame(self, planes, frame_idx=None):
+            return super().add_new_frame(torch.from_numpy(self.table[np.arange(3)[:, None, None], planes]), frame_idx)
+
+    monkeypatch.setattr(sam2_session, "Uint8FrameSession", FloatFrames)
+    reference = segmenter.low_res_logits(frames, clicks)
+    assert sorted(ours) == sorted(reference) == [0, 1, 2, 3, 4]
+    for index in ours:
+        np.testing.assert_array_equal(ours[index], reference[index])
+    assert np.ptp(reference[1]) > 0  # on a clicked frame the random model's logits follow the image

@@ -27,6 +27,8 @@ the two modes; debug_videos.py writes what the model saw.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +39,7 @@ from ..errors import InputError, check_cancel
 from ..limits import LIMITS
 from .conditioning import Conditioning, PreprocessOptions
 from .driving_pass import DrivingPass, driving_pass, working_size
+from .face import FACE_SIZE
 from .frame_store import FrameStore
 from .model_loading import PreprocessModels
 from .pose_meta import PoseMeta
@@ -164,6 +167,19 @@ def _retargeted(drive: DrivingPass, reference: np.ndarray, options: PreprocessOp
 # modes
 
 
+def require_disk(work_dir: Path | None, frames: int, frame_bytes: int) -> None:
+    """InputError before any decoding when `work_dir` (None: the system's temporary folder) has less free space than
+    `frames` x `frame_bytes` (what the FrameStores will hold) plus a 5% margin: a full disk would fail mid-run."""
+    folder = Path(work_dir) if work_dir is not None else Path(tempfile.gettempdir())
+    needed, free = int(frames * frame_bytes * 1.05), shutil.disk_usage(folder).free
+    if needed > free:
+        raise InputError(
+            "not_enough_disk", "driving_video",
+            f"{frames} output frames need {needed / 1e9:.1f} GB of temporary disk and this worker has "
+            f"{free / 1e9:.1f} GB free; use a shorter video, a lower fps or a lower resolution",
+        )  # fmt: skip
+
+
 def _animation(driving: Path, reference_img: np.ndarray, info: VideoInfo, indices: list[int], fps: float,
                options: PreprocessOptions, models: PreprocessModels, log: logging.Logger, timer: _Timer,
                should_cancel: Callable[[], bool] | None = None, work_dir: Path | None = None
@@ -176,6 +192,7 @@ def _animation(driving: Path, reference_img: np.ndarray, info: VideoInfo, indice
     if options.use_flux and not retarget:
         log.warning("use_flux only applies with retarget_flag=true (official); ignoring it")
     work_w, work_h = working_size(info.width, info.height, area)
+    require_disk(work_dir, len(indices), FACE_SIZE * FACE_SIZE * 3)  # the face crops
     drive = driving_pass(
         driving, indices, models, None, retarget and options.use_flux, log, parse_person(options.person), fps,
         should_cancel, work_hw=(work_h, work_w), source_hw=(info.height, info.width), work_dir=work_dir,
@@ -206,6 +223,7 @@ def _replacement(driving: Path, reference_img: np.ndarray, info: VideoInfo, indi
         log.warning("retarget_flag/use_flux are not used in replacement mode (official); ignoring them")
     area = options.resolution_width * options.resolution_height
     width, height = target_size(info.width, info.height, area)  # the output size is the video's
+    require_disk(work_dir, len(indices), FACE_SIZE * FACE_SIZE * 3 + height * width * 4)  # faces, frames, masks
     drive = driving_pass(driving, indices, models, area, False, log, parse_person(options.person), fps,
                           should_cancel, source_hw=(info.height, info.width), work_dir=work_dir)
     assert drive.frames is not None and drive.frame_hw == (height, width)

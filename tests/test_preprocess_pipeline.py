@@ -285,3 +285,26 @@ def test_replacement_without_segmenter(monkeypatch):
         preprocess(fixture_path(VIDEO), fixture_path(REFERENCE), _options(fps=2, mode="replacement"),
                    PreprocessModels(ScriptedEstimator()))  # fmt: skip
     assert err.value.field == "mode"
+
+
+@pytest.mark.parametrize(("mode", "frame_bytes"), [("animation", 512 * 512 * 3), ("replacement", 786_432 + 192 * 336 * 4)])
+def test_too_little_temporary_disk_is_refused_before_any_decoding(monkeypatch, tmp_path, mode, frame_bytes):
+    free = {"bytes": 6 * frame_bytes}  # 6 frames' worth (fps 2 -> 6 frames need 6 x 1.05)
+
+    def disk_usage(path):
+        assert path == tmp_path  # the run's folder is the one checked
+        return types.SimpleNamespace(total=10**12, used=0, free=free["bytes"])
+
+    monkeypatch.setattr(pipeline_module.shutil, "disk_usage", disk_usage)
+    estimator = ScriptedEstimator()
+    options = _options(fps=2, mode=mode)
+    with pytest.raises(InputError) as err:
+        preprocess(fixture_path(VIDEO), fixture_path(REFERENCE), options, PreprocessModels(estimator, "sam2"),
+                   work_dir=tmp_path)  # fmt: skip
+    assert (err.value.code, err.value.field) == ("not_enough_disk", "driving_video")
+    assert "6 output frames" in str(err.value) and "lower fps" in str(err.value)
+    assert estimator.calls == []  # refused before a frame was decoded
+    free["bytes"] = 7 * frame_bytes  # room for the frames and the margin: the run goes on
+    if mode == "animation":
+        assert preprocess(fixture_path(VIDEO), fixture_path(REFERENCE), options, PreprocessModels(estimator),
+                          work_dir=tmp_path).num_frames == 6  # fmt: skip

@@ -114,7 +114,8 @@ def fill_missing_faces(crops: Frames, ok: np.ndarray, log: logging.Logger = logg
     """Give frames without a usable face the crop of the nearest frame with one (in place, frame by frame; returns
     crops).
 
-    crops (T, 512, 512, 3) uint8, an array or a FrameStore; ok (T,) bool. Raises InputError(no_face_in_video) when no frame has a face.
+    crops (T, 512, 512, 3) uint8, an array or a FrameStore; ok (T,) bool. Raises InputError(no_face_in_video) when
+    no frame has a face.
     """
     if not ok.any():
         raise InputError(

@@ -50,7 +50,8 @@ class VideoSegmenter(Protocol):
     """Segments one object through a clip from positive clicks on some of its frames."""
 
     def segment(self, frames: Frames, clicks: dict[int, np.ndarray]) -> np.ndarray:
-        """frames (N, H, W, 3) uint8 RGB (an array or a FrameStore view: read a few at a time); clicks: frame index -> (K, 2) pixel x, y. Returns (N, H, W) bool."""
+        """frames (N, H, W, 3) uint8 RGB (an array or a FrameStore view: read a few at a time); clicks: frame
+        index -> (K, 2) pixel x, y. Returns (N, H, W) bool."""
         ...
 
 

@@ -77,7 +77,8 @@ cond = preprocess(clip, reference, PreprocessOptions(mode=mode, fps=fps), models
 print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "before_mb": before,
                   "frames": cond.num_frames, "size": [cond.width, cond.height],
                   "skeletons": type(cond.pose_frames).__name__,
-                  "faces": type(cond.face_frames).__name__, "background": type(cond.background_frames).__name__, "masks": type(cond.mask_frames).__name__,
+                  "faces": type(cond.face_frames).__name__, "background": type(cond.background_frames).__name__,
+                  "masks": type(cond.mask_frames).__name__,
                   "mask_sum": int(sum(int(m.sum()) for m in cond.mask_frames)) if mode == "replacement" else 0}))
 """
 

@@ -287,7 +287,8 @@ def test_replacement_without_segmenter(monkeypatch):
     assert err.value.field == "mode"
 
 
-@pytest.mark.parametrize(("mode", "frame_bytes"), [("animation", 512 * 512 * 3), ("replacement", 786_432 + 192 * 336 * 4)])
+@pytest.mark.parametrize(("mode", "frame_bytes"),
+                         [("animation", 512 * 512 * 3), ("replacement", 512 * 512 * 3 + 192 * 336 * 4)])  # fmt: skip
 def test_too_little_temporary_disk_is_refused_before_any_decoding(monkeypatch, tmp_path, mode, frame_bytes):
     free = {"bytes": 6 * frame_bytes}  # 6 frames' worth (fps 2 -> 6 frames need 6 x 1.05)
 

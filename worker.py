@@ -167,6 +167,18 @@ def load_runtime(setup: AppSetup) -> Runtime:
         paths, device=device, dtype=torch.bfloat16, offload="model" if setup.offload_model else "none",
         vae_dtype=torch.bfloat16 if setup.vae_bf16 else torch.float32,
     )  # fmt: skip
+    return prepare_full_runtime(setup, device, dist, paths, preprocess_models, wan_models)
+
+
+def prepare_full_runtime(
+    setup: AppSetup, device: Any, dist: Any, paths: Any, preprocess_models: Any, wan_models: Any
+) -> Runtime:
+    """The full preset's Runtime from loaded models: the speed options, compile and encoder warm-ups of `setup`.
+
+    Split from load_runtime so that benchmarks/bench_run_job.py sets up random-weight models of the release's
+    architecture exactly as a worker sets up the downloaded ones.
+    """
+    context_parallel = setup.context_parallel if dist is not None else None
     speed = None
     budget = None
     if device.type == "cuda" and setup.offload_model:

@@ -275,18 +275,21 @@ STAGES = ("encode_prompt", "clip_embedding", "reference_condition", "pose_latent
 
 
 @contextlib.contextmanager
-def stage_timers(seconds: dict[str, float]) -> Iterator[None]:
-    """Time each encode/decode function the loop calls (wan.generate's names), GPU synchronised, into `seconds`."""
+def stage_timers(seconds: dict[str, float], sync: bool = True) -> Iterator[None]:
+    """Time each encode/decode function the loop calls (wan.generate's names), GPU synchronised (`sync`), into
+    `seconds`."""
     loop = sys.modules["wan_animate.wan.generate"]  # the module (the package exports a function of that name)
 
     originals = {name: getattr(loop, name) for name in STAGES}
 
     def timed(name: str, fn: Any) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            torch.cuda.synchronize()
+            if sync:
+                torch.cuda.synchronize()
             start = time.perf_counter()
             out = fn(*args, **kwargs)
-            torch.cuda.synchronize()
+            if sync:
+                torch.cuda.synchronize()
             seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - start, 3)
             return out
 

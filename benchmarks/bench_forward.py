@@ -63,7 +63,18 @@ MODES: dict[str, dict[str, Any] | None] = {
     "fast_fp8_fp8attn": {"fp8_linears": True, "fp8_attention": True},
     # The fastest combination as the loop runs it (motion features reused).
     "fast_fp8_fp8attn_loop": {"fp8_linears": True, "fp8_attention": True, "reuse_motion": True},
+    # Self-attention's q/k/v projections as one GEMM (diffusers' `fuse_projections`): same math, one wider matmul
+    # and (FP8) one activation quantisation instead of three.
+    "fast_fa3_qkv": {"fa3_attention": True, "fuse_qkv": True},
+    "fast_fp8_fp8attn_qkv_loop": {"fp8_linears": True, "fp8_attention": True, "reuse_motion": True, "fuse_qkv": True},
+    # One FP8 scale per tensor (cuBLAS's FP8 GEMM) instead of per row (CUTLASS's rowwise GEMM): the model is rebuilt
+    # (same seed, same weights) to quantise it the other way.
+    "fast_fp8t_fp8attn_loop": {"fp8_linears": True, "fp8_granularity": "tensor", "fp8_attention": True,
+                               "reuse_motion": True},
+    "fast_fp8t_fp8attn_qkv_loop": {"fp8_linears": True, "fp8_granularity": "tensor", "fp8_attention": True,
+                                   "reuse_motion": True, "fuse_qkv": True},
 }
+BENCH_ONLY_KEYS = ("reuse_motion", "fuse_qkv")  # mode keys this script handles itself, not SpeedOptions fields
 COMPILE_ESTIMATE_S = 120.0  # budget guess for one regional compile before it has been measured
 
 
@@ -82,6 +93,8 @@ def load_app_modules() -> tuple[Any, Any, Any, Any, dict[str, Any]]:
 
 # the config of Wan-AI/Wan2.2-Animate-14B-Diffusers/transformer, as the app's loader uses it
 speed, motion_cache, attention_kernels, cudnn_fp8, FULL_CONFIG = load_app_modules()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kernel_profile import profile_kernels, profile_markdown  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -148,7 +161,21 @@ def reset_to_diffusers_default(model: torch.nn.Module) -> None:
             module._compiled_call_impl = None
     for block in model.blocks:
         block.attn1.set_processor(WanAttnProcessor())
+        block.attn1.fused_projections = False
     model.set_attention_backend("native")
+
+
+def build_fused_qkv(model: torch.nn.Module) -> None:
+    """Give every block's self-attention a fused `to_qkv` (kept beside to_q/to_k/to_v, unused until
+    `use_fused_qkv`); build it before FP8 quantisation so that it is quantised like the others."""
+    for block in model.blocks:
+        block.attn1.fuse_projections()
+        block.attn1.fused_projections = False
+
+
+def use_fused_qkv(model: torch.nn.Module, on: bool) -> None:
+    for block in model.blocks:
+        block.attn1.fused_projections = on and hasattr(block.attn1, "to_qkv")
 
 
 def time_forwards(model: torch.nn.Module, inputs: dict[str, torch.Tensor], reps: int) -> list[float]:
@@ -283,6 +310,9 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {row['tokens']} | {row['kernel']} | {row.get('ms', '-')} | {row.get('tflops', '-')} | "
                 f"{row.get('rel_l2_vs_flash', row.get('error', '-'))} |"
             )
+    for row in results["runs"]:
+        if "profile" in row:
+            lines += profile_markdown(row["mode"], row["resolution"], row["profile"])
     return "\n".join(lines) + "\n"
 
 
@@ -329,7 +359,7 @@ def mode_options(mode: str, weights_are_fp8: bool) -> Any:
     overrides = MODES[mode]
     if overrides is None:
         return None
-    overrides = {k: v for k, v in overrides.items() if k != "reuse_motion"}
+    overrides = {k: v for k, v in overrides.items() if k not in BENCH_ONLY_KEYS}
     if weights_are_fp8:
         overrides = {**overrides, "fp8_linears": False}
     return speed.SpeedOptions(**overrides)
@@ -355,10 +385,11 @@ def run_mode(
     reps: int,
     check_syncs: bool,
     reuse_motion: bool = False,
+    profile: bool = False,
 ) -> tuple[dict[str, Any], torch.Tensor]:
     """Apply `options` (None: nothing) to the reset model, warm up, time `reps` forwards; returns row and output."""
     with reused_motion(model) if reuse_motion else contextlib.nullcontext():
-        return _run_mode(model, options, inputs, reps, check_syncs)
+        return _run_mode(model, options, inputs, reps, check_syncs, profile)
 
 
 def _run_mode(
@@ -367,6 +398,7 @@ def _run_mode(
     inputs: dict[str, torch.Tensor],
     reps: int,
     check_syncs: bool,
+    profile: bool,
 ) -> tuple[dict[str, Any], torch.Tensor]:
     row: dict[str, Any] = {}
     setup_start = time.perf_counter()
@@ -381,6 +413,8 @@ def _run_mode(
     row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     if check_syncs:
         row["host_syncs"] = count_host_syncs(model, inputs)
+    if profile:
+        row["profile"] = profile_kernels(lambda: speed.run_forward(model, inputs))
     output = speed.run_forward(model, inputs).float().cpu()
     row["finite"] = bool(torch.isfinite(output).all())
     return row, output
@@ -393,6 +427,7 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3, help="timed forwards per mode (after one warm-up)")
     parser.add_argument("--attention", default="", help="also time the attention kernels alone at these resolutions")
     parser.add_argument("--syncs", action="store_true", help="list host syncs in one forward per mode")
+    parser.add_argument("--profile", action="store_true", help="GPU time by kernel kind in one forward per mode")
     parser.add_argument("--budget-s", type=float, default=540.0, help="skip modes that would not finish by then")
     parser.add_argument("--out", default=os.environ.get("OUT", "out"))
     args = parser.parse_args()
@@ -434,19 +469,31 @@ def main() -> int:
     baseline_s: dict[str, float] = {}
     last_forward_s: dict[str, float] = {r: 15.0 for r in resolutions}
     compile_s = COMPILE_ESTIMATE_S
-    quantized = False
+    quantized: str | None = None  # the FP8 granularity the model's weights were quantised with
+    fuse_any = any(MODES[m] and MODES[m].get("fuse_qkv") for m in modes)
+    if fuse_any:
+        build_fused_qkv(model)
 
     for mode in modes:
         wants_fp8 = bool(MODES[mode] and MODES[mode].get("fp8_linears"))
-        if wants_fp8 and not quantized:
+        granularity = (MODES[mode] or {}).get("fp8_granularity", "row")
+        if wants_fp8 and quantized is not None and quantized != granularity:
             reset_to_diffusers_default(model)
-            speed.quantize_block_linears_fp8(model)
-            quantized = True
-            results["fp8_weights_gib"] = round(torch.cuda.memory_allocated() / 2**30, 1)
-        if quantized and not wants_fp8:
+            del model
+            torch.cuda.empty_cache()
+            model = build_model()  # same seed: the same bf16 weights, to quantise with the other granularity
+            if fuse_any:
+                build_fused_qkv(model)
+            quantized = None
+        if wants_fp8 and quantized is None:
+            reset_to_diffusers_default(model)
+            speed.quantize_block_linears_fp8(model, granularity)
+            quantized = granularity
+            results[f"fp8_{granularity}_weights_gib"] = round(torch.cuda.memory_allocated() / 2**30, 1)
+        if quantized is not None and not wants_fp8:
             log(f"{mode}: skipped, the weights are already FP8 (list FP8 modes last)")
             continue
-        options = mode_options(mode, weights_are_fp8=quantized)
+        options = mode_options(mode, weights_are_fp8=quantized is not None)
         for res in resolutions:
             tokens = math.prod(inputs[res]["hidden_states"].shape[2:]) // 4
             row: dict[str, Any] = {"resolution": res, "mode": mode, "tokens": tokens}
@@ -465,7 +512,8 @@ def main() -> int:
                 mode_inputs = perturbed(inputs[res]) if mode == "diffusers_default_perturbed" else inputs[res]
                 reps = 1 if mode == "diffusers_default_perturbed" else args.reps
                 reuse = bool(MODES[mode] and MODES[mode].get("reuse_motion"))
-                measured, output = run_mode(model, options, mode_inputs, reps, args.syncs, reuse)
+                use_fused_qkv(model, bool(MODES[mode] and MODES[mode].get("fuse_qkv")))
+                measured, output = run_mode(model, options, mode_inputs, reps, args.syncs, reuse, args.profile)
                 row.update(measured)
                 last_forward_s[res] = row["median_s"]
                 if compiles:
@@ -482,7 +530,7 @@ def main() -> int:
                 row["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
                 row["traceback"] = traceback.format_exc()[-3000:]
                 torch.cuda.empty_cache()
-            log(f"{res} {mode}: " + json.dumps({k: v for k, v in row.items() if k != "traceback"}))
+            log(f"{res} {mode}: " + json.dumps({k: v for k, v in row.items() if k not in ("traceback", "profile")}))
             results["runs"].append(row)
             save(results, out_dir)
 

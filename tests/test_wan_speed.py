@@ -361,6 +361,20 @@ def test_cuda_fp8_linears_deviation():
     assert deviation < 0.1
 
 
+@pytest.mark.gpu
+def test_cuda_fp8_per_tensor_linears_deviation():
+    """The benchmark's per-tensor FP8 scales: a different GEMM, a deviation of the same order as per-row scales."""
+    model, inputs, ref = cuda_pair(fp8_linears=True, fp8_granularity="tensor")
+    deviation = rel_l2(speed.run_forward(model, inputs).float(), ref)
+    print(f"fp8 per-tensor relative L2 on the tiny model: {deviation:.4f}")
+    assert deviation < 0.1
+
+
+def test_fp8_granularity_must_be_row_or_tensor():
+    with pytest.raises(ValueError, match="fp8 granularity"):
+        speed.quantize_block_linears_fp8(tiny_model(), "column")
+
+
 def test_compile_budget_admits_known_signatures_and_refuses_past_its_size():
     budget = speed.CompileBudget(max_signatures=2)
     assert budget.admit("720p") and budget.admit("480p")

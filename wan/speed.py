@@ -65,6 +65,8 @@ class SpeedOptions:
     compile_backend / compile_mode: passed to `torch.compile` ("inductor" for speed; tests use "aot_eager").
     fp8_linears: opt-in; torchao float8 dynamic activation + float8 weight, per-row scales, on every Linear of the
         40 DiT blocks (needs a CUDA GPU of compute capability >= 8.9 and torchao).
+    fp8_granularity: "row" (the default: one scale per weight row and per activation token) or "tensor" (one scale
+        per tensor: cuBLAS's FP8 GEMM instead of the rowwise CUTLASS one; coarser, for benchmarks).
     flash4_attention: FlashAttention-4's bf16 kernel (PyPI `flash-attn-4`, CuTe DSL, compiled on first use) for the
         self-attention of the 40 DiT blocks, on Hopper and Blackwell GPUs. Exact attention like cuDNN's, so it
         changes no math beyond bf16 rounding.
@@ -85,6 +87,7 @@ class SpeedOptions:
     compile_backend: str = "inductor"
     compile_mode: str | None = None
     fp8_linears: bool = False
+    fp8_granularity: str = "row"
     flash4_attention: bool = False
     fa3_attention: bool = False
     fp8_attention: bool = False
@@ -112,7 +115,7 @@ def apply_speed_options(
         raise RuntimeError(f"fp8_linears and {SELF_ATTENTION_KERNELS} need the transformer on a CUDA GPU")
 
     if options.fp8_linears:
-        quantize_block_linears_fp8(transformer)
+        quantize_block_linears_fp8(transformer, options.fp8_granularity)
     if options.attention_backend is not None and on_cuda:
         set_model_attention_backend(transformer, options.attention_backend)
     # The kernels' custom ops are registered here, eagerly: registering one inside a compiled trace fails (dynamo
@@ -224,12 +227,16 @@ def is_block_linear(module: torch.nn.Module, fqn: str) -> bool:
     return isinstance(module, torch.nn.Linear) and fqn.startswith("blocks.")
 
 
-def quantize_block_linears_fp8(transformer: torch.nn.Module) -> None:
-    """Swap the DiT blocks' Linear weights for torchao float8 (e4m3) with per-row scales; activations are quantized
-    per row on the fly. Leaves inductor's global settings alone (`set_inductor_config=False`)."""
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+def quantize_block_linears_fp8(transformer: torch.nn.Module, granularity: str = "row") -> None:
+    """Swap the DiT blocks' Linear weights for torchao float8 (e4m3) with per-row scales (`granularity` "tensor":
+    one scale per tensor); activations are quantized the same way on the fly. Leaves inductor's global settings
+    alone (`set_inductor_config=False`)."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
 
-    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
+    scales = {"row": PerRow, "tensor": PerTensor}
+    if granularity not in scales:
+        raise ValueError(f"fp8 granularity must be one of {sorted(scales)}, got {granularity!r}")
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=scales[granularity](), set_inductor_config=False)
     quantize_(transformer, config, filter_fn=is_block_linear)
 
 

@@ -174,6 +174,7 @@ def build_fused_qkv(model: torch.nn.Module) -> None:
 
 
 def use_fused_qkv(model: torch.nn.Module, on: bool) -> None:
+    """Make every block's self-attention use its fused `to_qkv` (`on`, where built) or its three projections."""
     for block in model.blocks:
         block.attn1.fused_projections = on and hasattr(block.attn1, "to_qkv")
 

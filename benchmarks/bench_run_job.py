@@ -6,8 +6,8 @@ architecture and size: the preprocessing models written in the release's file fo
 worker is then set up by the app's own `worker.prepare_full_runtime` (speed options, compile and encoder warm-ups of
 the `--setup` fields, as a worker's setup does) and each request runs `run_job` on a driving clip made from the
 repo's example video (default 10 s, 30 fps, 1280x720). Reports per request: wall seconds, run_job's own timings
-(preprocess, generate + MP4 encode), the loop's encode/decode stages, peak GPU memory, and GPU-seconds per second of
-output. The output video is noise (random weights): only the time and memory mean anything.
+(preprocess, generate + MP4 encode), the loop's encode/decode stages, peak GPU memory, and wall seconds
+per second of output (on one GPU, its GPU-seconds). The output video is noise (random weights): only the time and memory mean anything.
 
     python benchmarks/bench_run_job.py --setup '{"distill_lora": true, "fp8": true, "attention": "fp8"}' \\
         --request '{"distill": true}' --out $OUT/run_job
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -77,8 +76,7 @@ def run_request(runtime: Any, inp: Any, driving: Path, work: Path, cuda: bool) -
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     began = time.perf_counter()
-    timer = bench_clip_e2e.stage_timers(stages, sync=cuda)
-    with timer:
+    with bench_clip_e2e.stage_timers(stages, sync=cuda):
         result = run_job(runtime, inp, driving=driving, reference=Path(inp.reference_image.path), seed=0,
                          work_dir=work, out_dir=out_dir)  # fmt: skip
     wall = time.perf_counter() - began
@@ -91,7 +89,7 @@ def run_request(runtime: Any, inp: Any, driving: Path, work: Path, cuda: bool) -
         "size": f"{result.width}x{result.height}",
         "fps": result.fps,
         "output_s": round(output_s, 3),
-        "gpu_s_per_output_s": round(wall / output_s, 2),
+        "wall_s_per_output_s": round(wall / output_s, 2),
         "mp4_bytes": result.video_path.stat().st_size if result.video_path else None,
     }
     if cuda:
@@ -101,25 +99,23 @@ def run_request(runtime: Any, inp: Any, driving: Path, work: Path, cuda: bool) -
 
 
 def environment(cuda: bool) -> dict[str, Any]:
-    import torch
+    """bench_preprocess's environment (python, torch, transformers, onnxruntime, opencv, GPU) plus the Wan side's."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}  # fmt: skip
-    if cuda:
-        info["gpu"] = torch.cuda.get_device_name(0)
-    from importlib.metadata import version
+    import bench_preprocess
 
-    for name in ("diffusers", "transformers", "torchao", "fa3-fwd", "flash-attn-4", "onnxruntime", "onnxruntime-gpu"):
+    info = bench_preprocess.environment("cuda" if cuda else "cpu")
+    for name in ("diffusers", "torchao", "fa3-fwd", "flash-attn-4"):
         try:
             info[name] = version(name)
-        except Exception:  # not installed
+        except PackageNotFoundError:
             info[name] = None
     return info
 
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        f"# run_job end to end: {result['environment'].get('gpu', 'CPU')}",
+        f"# run_job end to end: {result['environment'].get('gpu') or 'CPU'}",
         "",
         f"setup {json.dumps(result['setup'])}; request {json.dumps(result['request'])}; driving clip "
         f"{result['clip']}; worker setup {json.dumps(result['setup_s'])}",
@@ -132,7 +128,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {i} | {row['wall_s']:.1f} | {t.get('preprocess', float('nan')):.1f} | "
             f"{t.get('generate_and_encode', float('nan')):.1f} | {row['frames']} frames {row['size']} "
-            f"@ {row['fps']:g} fps | {row['gpu_s_per_output_s']:.1f} | {row.get('peak_allocated_gib', '-')} |"
+            f"@ {row['fps']:g} fps | {row['wall_s_per_output_s']:.1f} | {row.get('peak_allocated_gib', '-')} |"
         )
     for i, row in enumerate(result["requests"], 1):
         lines.append(f"\nrequest {i} loop stages (s): {json.dumps(row['loop_stage_s'])}")

@@ -12,13 +12,15 @@ from typing import Any
 
 import torch
 
-# Kernel kind -> pattern on the kernel's name, tried in this order (the first match wins).
+# Kernel kind -> pattern on the kernel's name, tried in this order (the first match wins). Inductor's Triton kernels
+# come first: their names list the ops they feed (e.g. `fused__scaled_mm_...` quantises a GEMM's input), not a GEMM.
+# cuBLAS's FP8 GEMMs are `nvjet_..._qq...` (both operands quantised).
 KERNEL_KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("triton_fused", re.compile(r"^triton_", re.IGNORECASE)),
     ("attention", re.compile(r"flash|fmha|attn|attention|sdpa|cudnn.*(fprop|sm90)", re.IGNORECASE)),
-    ("gemm_fp8", re.compile(r"f8|fp8|e4m3|rowwise|scaled_mm", re.IGNORECASE)),
+    ("gemm_fp8", re.compile(r"f8|fp8|e4m3|rowwise|scaled_mm|nvjet\w*_qq", re.IGNORECASE)),
     ("gemm", re.compile(r"gemm|xmma|nvjet|cutlass|cublas|sm90_|sm80_|matmul", re.IGNORECASE)),
     ("conv", re.compile(r"conv|implicit|wgrad|dgrad", re.IGNORECASE)),
-    ("triton_fused", re.compile(r"^triton_", re.IGNORECASE)),
     ("copy", re.compile(r"copy|memcpy|memset|cat|fill", re.IGNORECASE)),
 )
 

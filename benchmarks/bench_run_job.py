@@ -6,8 +6,9 @@ architecture and size: the preprocessing models written in the release's file fo
 worker is then set up by the app's own `worker.prepare_full_runtime` (speed options, compile and encoder warm-ups of
 the `--setup` fields, as a worker's setup does) and each request runs `run_job` on a driving clip made from the
 repo's example video (default 10 s, 30 fps, 1280x720). Reports per request: wall seconds, run_job's own timings
-(preprocess, generate + MP4 encode), the loop's encode/decode stages, peak GPU memory, and wall seconds
-per second of output (on one GPU, its GPU-seconds). The output video is noise (random weights): only the time and memory mean anything.
+(preprocess, generate + MP4 encode), the loop's encode/decode stages, peak GPU memory, and wall seconds per second of
+output (on one GPU, its GPU-seconds). The output video is noise (random weights): only the time and memory mean
+anything.
 
     python benchmarks/bench_run_job.py --setup '{"distill_lora": true, "fp8": true, "attention": "fp8"}' \\
         --request '{"distill": true}' --out $OUT/run_job

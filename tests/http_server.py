@@ -68,10 +68,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 @contextmanager
 def serve(routes: dict[str, Route]) -> Iterator[Callable[[str], str]]:
-    """Serve `routes` on 127.0.0.1 (a free port) for the block; yields url(path) -> "http://127.0.0.1:PORT/path"."""
+    """Serve `routes` on 127.0.0.1 (a free port) for the block; yields url(path) -> "http://127.0.0.1:PORT/path".
+
+    On exit it waits for the request threads (each sends for at most its route's `max_send_s`), so every `Route.sent`
+    is recorded once the block ends."""
     handler = type("Handler", (_Handler,), {"routes": routes})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
+    server.daemon_threads = False  # tracked, so server_close() joins them
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
     try:

@@ -1,7 +1,7 @@
 """Reading the user's image, the official frame-size and frame-rate rules, writing MP4s.
 
-Probing and decoding the driving video live in video_decode (PyAV); encoding uses the ffmpeg binary
-that imageio-ffmpeg bundles (no system ffmpeg is assumed). Every user-fixable failure becomes an InputError
+Probing and decoding the driving video live in video_decode (PyAV), H.264 encoding in video_encode; both this
+module's audio muxing and the encoder use the ffmpeg binary that imageio-ffmpeg bundles (no system ffmpeg is assumed). Every user-fixable failure becomes an InputError
 naming the input (`driving_video` / `reference_image`).
 """
 
@@ -14,7 +14,7 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import cv2
@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import InputError, check_cancel
 from ..limits import LIMITS
 from .video_decode import VideoInfo
+from .video_encode import encode_h264
 
 logger = logging.getLogger(__name__)
 
@@ -218,64 +219,6 @@ def check_frame_shape(width: int, height: int, field: str) -> None:
         )  # fmt: skip
 
 
-def _even_frame(frame: np.ndarray) -> np.ndarray:
-    """Pad an odd height/width by repeating the last row/column (yuv420p needs even sizes)."""
-    pad_h = frame.shape[0] % 2
-    pad_w = frame.shape[1] % 2
-    if pad_h or pad_w:
-        frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    return frame
-
-
-def _iter_single_frames(frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-    """Flatten (H, W, 3) frames, (n, H, W, 3) clips, (H, W) grey frames or (n, H, W) grey clips into
-    (H, W, 3) frames (a 3-D array whose last axis is 3 or 4 is one colour frame)."""
-    for item in frames:
-        arr = np.asarray(item)
-        if arr.ndim == 4:
-            yield from arr
-        elif arr.ndim == 3 and arr.shape[2] in (3, 4):
-            yield arr
-        elif arr.ndim == 3:  # a clip of masks / grey frames
-            yield from (np.repeat(a[..., None], 3, axis=2) for a in arr)
-        elif arr.ndim == 2:  # a mask or grey frame
-            yield np.repeat(arr[..., None], 3, axis=2)
-        else:
-            raise ValueError(f"expected (H, W, 3) frames or (n, H, W, 3) clips, got shape {arr.shape}")
-
-
-def _encode_video(path: Path, frames: Iterable[np.ndarray], fps: float, crf: int) -> int:
-    """Stream RGB frames into an H.264 yuv420p MP4 through imageio-ffmpeg's writer; returns frames written."""
-    import imageio_ffmpeg
-
-    writer = None
-    count = 0
-    size: tuple[int, int] | None = None
-    try:
-        for frame in _iter_single_frames(frames):
-            frame = _even_frame(np.ascontiguousarray(frame, dtype=np.uint8))
-            if frame.ndim == 3 and frame.shape[2] == 4:
-                frame = np.ascontiguousarray(frame[..., :3])
-            if writer is None:
-                size = (frame.shape[1], frame.shape[0])
-                writer = imageio_ffmpeg.write_frames(
-                    str(path), size, fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
-                    quality=None, macro_block_size=1, ffmpeg_log_level="error",
-                    output_params=["-crf", str(crf), "-preset", "medium", "-movflags", "+faststart"],
-                )  # fmt: skip
-                writer.send(None)
-            elif (frame.shape[1], frame.shape[0]) != size:
-                raise ValueError(f"frame {count} is {frame.shape[1]}x{frame.shape[0]}, earlier frames {size}")
-            writer.send(frame)
-            count += 1
-    finally:
-        if writer is not None:
-            writer.close()
-    if count == 0:
-        raise ValueError("write_video got no frames")
-    return count
-
-
 def _run_cancellable(cmd: list[str], timeout_s: float, should_cancel: Callable[[], bool] | None = None,
                      poll_s: float = 0.2) -> None:
     """subprocess.run(cmd, check=True, capture_output=True, timeout=timeout_s) that also stops on a cancel: the
@@ -334,7 +277,7 @@ def write_video(
     path.parent.mkdir(parents=True, exist_ok=True)
     want_audio = audio_from is not None and _has_audio_stream(Path(audio_from))
     if not want_audio:
-        _encode_video(path, frames_iter, fps, crf)
+        encode_h264(path, frames_iter, fps, crf)
         return path
     tmp_dir = Path(work_dir) if work_dir is not None else path.parent
     tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -342,7 +285,7 @@ def write_video(
     os.close(fd)
     video_only = Path(tmp_name)
     try:
-        count = _encode_video(video_only, frames_iter, fps, crf)
+        count = encode_h264(video_only, frames_iter, fps, crf)
         duration = audio_duration if audio_duration is not None else count / fps
         check_cancel(should_cancel, "before muxing the audio")
         logger.info("mux: adding the driving video's audio (%d frames, %.1f s)", count, duration)

@@ -101,7 +101,7 @@ def wrap_decode(app: object, monkeypatch: pytest.MonkeyPatch, calls: list[int], 
 
 
 def wrap_encode(app: object, monkeypatch: pytest.MonkeyPatch, calls: list[int], cancel) -> Callable | None:
-    encode = video_io._encode_video
+    encode = video_io.encode_h264
 
     def counted(*args: object) -> int:
         count = encode(*args)
@@ -109,7 +109,7 @@ def wrap_encode(app: object, monkeypatch: pytest.MonkeyPatch, calls: list[int], 
         cancel()  # the video stream is written: the audio mux comes next
         return count
 
-    monkeypatch.setattr(video_io, "_encode_video", counted)
+    monkeypatch.setattr(video_io, "encode_h264", counted)
 
 
 STAGES = {  # stage -> (wrapper returning its undo or None, request overrides, where Cancelled says it stopped,

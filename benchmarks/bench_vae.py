@@ -103,8 +103,9 @@ def main() -> int:
     latents = torch.randn(1, 16, 1 + (args.frames - 1) // 4, args.height // 8, args.width // 8, device=device,
                           generator=generator)  # fmt: skip
     results: dict[str, Any] = {
-        "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "size": f"{args.width}x{args.height}x{args.frames}", "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"), "size": f"{args.width}x{args.height}x{args.frames}",
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
         "cudnn_version": torch.backends.cudnn.version(), "variants": [],
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)

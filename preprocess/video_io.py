@@ -1,8 +1,8 @@
 """Reading the user's image, the official frame-size and frame-rate rules, writing MP4s.
 
-Probing and decoding the driving video live in video_decode (PyAV), H.264 encoding in video_encode; both this
-module's audio muxing and the encoder use the ffmpeg binary that imageio-ffmpeg bundles (no system ffmpeg is assumed). Every user-fixable failure becomes an InputError
-naming the input (`driving_video` / `reference_image`).
+Probing and decoding the driving video live in video_decode (PyAV), H.264 encoding in video_encode; this module's
+audio muxing and the encoder both use the ffmpeg binary that imageio-ffmpeg bundles (no system ffmpeg is assumed).
+Every user-fixable failure becomes an InputError naming the input (`driving_video` / `reference_image`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""benchmarks/bench_vae.py --tiny: the VAE variants timed and compared on the CPU, so the GPU benchmark keeps working."""
+"""benchmarks/bench_vae.py --tiny: the VAE variants timed and compared on the CPU, so the GPU bench keeps working."""
 
 from __future__ import annotations
 

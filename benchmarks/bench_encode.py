@@ -30,16 +30,29 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn: Any) -> tuple[float, Any]:
-    torch.cuda.synchronize()
+    """(seconds, fn()) with the GPU synchronised before and after (bench_vae's --tiny runs it on the CPU)."""
+    sync()
     start = time.perf_counter()
     out = fn()
-    torch.cuda.synchronize()
+    sync()
     return round(time.perf_counter() - start, 3), out
 
 
 def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def uint8_levels(out: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
+    """Max and mean |difference| of two [-1, 1] videos once converted to uint8 as wan.generate converts them."""
+    to_u8 = lambda x: ((x.clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8).int()  # noqa: E731
+    diff = (to_u8(out) - to_u8(ref)).abs()
+    return {"max": int(diff.max()), "mean": round(float(diff.float().mean()), 4)}
 
 
 def one_request(models: Any, wc: Any, frames: int, height: int, width: int, use_cache: bool) -> tuple[dict, dict]:
@@ -111,9 +124,7 @@ def main() -> int:
             reference_outs = {k: v.float().cpu() for k, v in outs.items()}
         elif dtype != torch.float32 or benchmark:
             row["rel_l2_vs_fp32"] = {k: round(rel_l2(v.float().cpu(), reference_outs[k]), 6) for k, v in outs.items()}
-            to_u8 = lambda x: ((x.clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8).int()  # noqa: E731 (as wan.generate)
-            diff = (to_u8(outs["decoded"].float().cpu()) - to_u8(reference_outs["decoded"])).abs()
-            row["decoded_uint8_levels"] = {"max": int(diff.max()), "mean": round(float(diff.float().mean()), 4)}
+            row["decoded_uint8_levels"] = uint8_levels(outs["decoded"].float().cpu(), reference_outs["decoded"])
         results["runs"].append(row)
         log(json.dumps(row))
         args.out.mkdir(parents=True, exist_ok=True)

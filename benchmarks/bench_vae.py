@@ -21,42 +21,13 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from bench_encode import log, rel_l2, timed, uint8_levels  # the same helpers as the whole-encoder bench
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("eager", "channels_last", "norms_compiled", "channels_last_norms_compiled")
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
-    sync()
-    start = time.perf_counter()
-    out = fn()
-    sync()
-    return round(time.perf_counter() - start, 3), out
-
-
-def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
-
-
-def uint8_levels(out: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
-    """Max and mean |difference| of two [-1, 1] videos once converted to uint8 as wan.generate converts them."""
-    to_u8 = lambda x: ((x.clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8).int()  # noqa: E731
-    diff = (to_u8(out) - to_u8(ref)).abs()
-    return {"max": int(diff.max()), "mean": round(float(diff.float().mean()), 4)}
 
 
 def set_variant(vae: torch.nn.Module, variant: str) -> torch.memory_format:
@@ -87,7 +58,6 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="a small VAE on the CPU at 64x48x9 (the test suite)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")) / "vae")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
     from diffusers import AutoencoderKLWan
     from kernel_profile import profile_kernels
     from torch._dynamo.utils import counters

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,13 +45,11 @@ def clips(n: int, height: int = 16, width: int = 24) -> list[np.ndarray]:
 def test_the_caller_produces_the_next_clip_while_ffmpeg_is_fed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     fake = FakeFfmpeg(block_first_frame=True)
     monkeypatch.setattr(imageio_ffmpeg, "write_frames", fake.write_frames)
-    produced: list[int] = []
 
     def loop() -> Iterator[np.ndarray]:
         for i, clip in enumerate(clips(3)):
             if i == 2:  # clip 1's frame 0 is still being fed; on the caller's thread this point is never reached
                 fake.release.set()
-            produced.append(i)
             yield clip
 
     count = video_encode.encode_h264(tmp_path / "v.mp4", loop(), fps=8, crf=18)
@@ -87,7 +86,7 @@ def test_a_caller_error_closes_ffmpeg_and_propagates(monkeypatch: pytest.MonkeyP
         for _ in range(1000):  # until ffmpeg has the first frame (at most 10 s)
             if fake.frames:
                 break
-            threading.Event().wait(0.01)
+            time.sleep(0.01)
         raise RuntimeError("out of memory in clip 2")
 
     with pytest.raises(RuntimeError, match="clip 2"):

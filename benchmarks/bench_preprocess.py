@@ -28,28 +28,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib.machinery
-import importlib.util
-import json
 import logging
 import os
-import platform
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+from preprocess_report import environment, generation_estimate_s, markdown, write_results
+from preprocess_stages import PARTS, TOP_STAGES, StageClock, instrumentation, patched
 
 APP_ROOT = Path(__file__).resolve().parents[1]
 SOURCE_VIDEO = APP_ROOT / "examples" / "smoke" / "driving.mp4"  # 448x252, 15 fps, 2 s (in the repo: travels)
 REFERENCE_IMAGE = APP_ROOT / "examples" / "smoke" / "reference.jpg"  # 512x600 portrait
 # One whole 720p clip (77 frames, 20 steps, default fast path) on the H100: BENCHMARKS.md, "one whole clip end to end".
 GENERATION_CLIP_S = 255.6
-CLIP_LEN, REFERT_NUM = 77, 1  # the app's defaults
 
 log = logging.getLogger("bench_preprocess")
 
@@ -201,131 +197,6 @@ def onnx_throughput(session: Any, shape: tuple[int, ...], batches: tuple[int, ..
 
 
 # ---------------------------------------------------------------------------------------------------
-# stage timing
-
-
-class StageClock:
-    """Accumulates wall-clock seconds (and calls) per stage from wrapped functions."""
-
-    def __init__(self, cuda: bool) -> None:
-        self.cuda = cuda
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.calls: dict[str, int] = defaultdict(int)
-
-    def _sync(self) -> None:
-        if self.cuda:
-            import torch
-
-            torch.cuda.synchronize()
-
-    def wrap(self, stage: str, fn: Callable, gpu: bool = False) -> Callable:
-        """`fn` timed into `stage`; `gpu`: synchronise CUDA before reading the clock (work queued on the GPU counts)."""
-
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            began = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                if gpu:
-                    self._sync()
-                self.seconds[stage] += time.perf_counter() - began
-                self.calls[stage] += 1
-
-        return timed
-
-    def wrap_iterator(self, stage: str, fn: Callable[..., Iterator]) -> Callable[..., Iterator]:
-        """A generator function whose time inside each `next()` goes to `stage` (the caller's work in between not)."""
-
-        def timed(*args: Any, **kwargs: Any) -> Iterator:
-            iterator = fn(*args, **kwargs)
-            while True:
-                began = time.perf_counter()
-                try:
-                    item = next(iterator)
-                except StopIteration:
-                    return
-                finally:
-                    self.seconds[stage] += time.perf_counter() - began
-                    self.calls[stage] += 1
-                yield item
-
-        return timed
-
-
-class TimedSession:
-    """An onnxruntime session whose `run` is timed into a stage; everything else is the session's own."""
-
-    def __init__(self, session: Any, clock: StageClock, stage: str) -> None:
-        self._session = session
-        self.run = clock.wrap(stage, session.run, gpu=True)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._session, name)
-
-
-@contextlib.contextmanager
-def patched(patches: list[tuple[Any, str, Any]]) -> Iterator[None]:
-    """Set each (object, attribute, value), restoring the originals afterwards."""
-    originals = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in patches]
-    try:
-        for obj, attr, value in patches:
-            setattr(obj, attr, value)
-        yield
-    finally:
-        for obj, attr, value in reversed(originals):
-            setattr(obj, attr, value)
-
-
-# Stage names. Top-level stages add up to (nearly) the total; "  ..." rows are parts of the row above them.
-DECODE, PROBE, DETECTION, POSE, FACE, SKELETON, RESIZE = "decode", "probe", "detection", "pose", "face", "skeleton", "resize"
-SAM2, REFINE, BACKGROUND = "SAM2 masks", "mask refine", "background"
-TOP_STAGES = (PROBE, DECODE, RESIZE, DETECTION, POSE, FACE, SKELETON, SAM2, REFINE, BACKGROUND)
-PARTS = {
-    DETECTION: ("  detection: resize+normalise (CPU)", "  detection: onnxruntime run", "  detection: NMS+choice (CPU)"),
-    POSE: ("  pose: crop+normalise (CPU)", "  pose: onnxruntime run", "  pose: heatmap decode (CPU)"),
-    SAM2: ("  SAM2: frame resize to the model size (CPU)", "  SAM2: hole fill+upsample (CPU)"),
-}
-
-
-def instrumentation(models: Any, clock: StageClock) -> list[tuple[Any, str, Any]]:
-    """The patches that route every preprocessing stage through `clock` (the app's functions, unchanged)."""
-    from wan_animate.preprocess import detection, driving_pass, masks, pipeline, pose, sam2_video
-    from wan_animate.preprocess.skeleton_video import SkeletonVideo
-
-    estimator = models.pose_estimator
-    det, pose_model = estimator.detector, estimator.pose
-    det_parts, pose_parts, sam_parts = PARTS[DETECTION], PARTS[POSE], PARTS[SAM2]
-    patches: list[tuple[Any, str, Any]] = [
-        (driving_pass, "iter_frames", clock.wrap_iterator(DECODE, driving_pass.iter_frames)),
-        (pipeline, "probe_video", clock.wrap(PROBE, pipeline.probe_video)),
-        (driving_pass, "probe_video", clock.wrap(PROBE, driving_pass.probe_video)),
-        (pipeline, "resize_by_area", clock.wrap(RESIZE, pipeline.resize_by_area)),  # the reference
-        (driving_pass, "resize_by_area", clock.wrap(RESIZE, driving_pass.resize_by_area)),  # replacement frames
-        (driving_pass, "face_box", clock.wrap(FACE, driving_pass.face_box)),
-        (driving_pass, "crop_face", clock.wrap(FACE, driving_pass.crop_face)),
-        (driving_pass, "fill_missing_faces", clock.wrap(FACE, driving_pass.fill_missing_faces)),
-        (SkeletonVideo, "draw", clock.wrap(SKELETON, SkeletonVideo.draw)),  # run_preprocess draws every frame once
-        (det, "detect_all", clock.wrap(DETECTION, det.detect_all, gpu=True)),  # every person box of a frame
-        (estimator, "pose", clock.wrap(POSE, pose_model, gpu=True)),
-        (det.runner, "session", TimedSession(det.runner.session, clock, det_parts[1])),
-        (pose_model.runner, "session", TimedSession(pose_model.runner.session, clock, pose_parts[1])),
-        (detection, "detector_inputs", clock.wrap(det_parts[0], detection.detector_inputs)),
-        (detection, "decode_end2end", clock.wrap(det_parts[2], detection.decode_end2end)),
-        (detection, "select_largest_person", clock.wrap(det_parts[2], detection.select_largest_person)),
-        (pose, "pose_inputs", clock.wrap(pose_parts[0], pose.pose_inputs)),
-        (pose, "decode_heatmaps", clock.wrap(pose_parts[2], pose.decode_heatmaps)),
-        (masks, "person_masks", clock.wrap(SAM2, masks.person_masks, gpu=True)),
-        (sam2_video, "fill_small_holes", clock.wrap(sam_parts[1], sam2_video.fill_small_holes)),
-        (sam2_video, "upsample_logits", clock.wrap(sam_parts[1], sam2_video.upsample_logits)),
-        (masks, "refine_masks", clock.wrap(REFINE, masks.refine_masks)),
-        (masks, "remove_person", clock.wrap(BACKGROUND, masks.remove_person)),
-    ]
-    if models.segmenter is not None:
-        patches.append((models.segmenter, "pixel_frames", clock.wrap(sam_parts[0], models.segmenter.pixel_frames)))
-    return patches
-
-
-# ---------------------------------------------------------------------------------------------------
 # runs
 
 
@@ -438,107 +309,6 @@ def matmul_precision(precision: str) -> Iterator[None]:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
-
-
-# ---------------------------------------------------------------------------------------------------
-# report
-
-
-def generation_estimate_s(frames: int, clip_s: float) -> float:
-    """Generation time of `frames` output frames at 720p: clips (the app's segmenting, 77 frames, 1 carried) x clip_s.
-
-    wan/segments.py is loaded on its own: the `wan` package itself imports diffusers, which preprocessing never needs.
-    """
-    spec = importlib.util.spec_from_file_location("wan_segments", APP_ROOT / "wan" / "segments.py")
-    segments = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(segments)
-    starts = segments.clip_starts(segments.valid_length(frames, CLIP_LEN, REFERT_NUM), CLIP_LEN, REFERT_NUM)
-    return len(starts) * clip_s
-
-
-def cell(seconds: float, frames: int) -> str:
-    """'1.23 s (244/s)': a stage's seconds and frames per second ('-' when it did not run)."""
-    if seconds <= 0:
-        return "-"
-    rate = frames / seconds
-    return f"{seconds:.2f} s ({rate:,.0f}/s)" if rate >= 10 else f"{seconds:.2f} s ({rate:.2g}/s)"
-
-
-def markdown(result: dict[str, Any]) -> str:
-    """The rows for BENCHMARKS.md: one summary table, then every run's stages with their parts."""
-    env = result["environment"]
-    lines = [
-        f"- Device: {env.get('gpu') or 'CPU'}, {env['date']}; torch {env['torch']}, onnxruntime {env['onnxruntime']}, "
-        f"transformers {env['transformers']}; providers: detector {result['onnx']['detector']['active']}, pose "
-        f"{result['onnx']['pose']['active']}; ONNX sessions hold {result['onnx'].get('gpu_gib_after_load', '-')} GiB "
-        "of GPU memory after loading.",
-        f"- Clip: {result['clip']['description']}; reference {result['clip']['reference']}. Models: "
-        f"{result['models']}.",
-        f"- Command: `{result['command']}`",
-        "",
-        "| run | frames | output | total s | frames/s | decode | detection | pose | face crops | skeleton | resize | SAM2 "
-        "| refine + background | other | share of generation* |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for row in result["runs"]:
-        s, n = row["stages_s"], row["frames"]
-        lines.append(
-            f"| {row['run']} | {n} | {row['output']} | {row['total_s']:.2f} | {row['frames_per_s']:.1f} | "
-            f"{cell(s[DECODE], n)} | {cell(s[DETECTION], n)} | {cell(s[POSE], n)} | {cell(s[FACE], n)} | "
-            f"{cell(s[SKELETON], n)} | {cell(s[RESIZE], n)} | {cell(s[SAM2], n)} | "
-            f"{cell(s[REFINE] + s[BACKGROUND], n)} | {row['other_s'] + s[PROBE]:.2f} s | {row['share_of_generation']} |"
-        )
-    lines += [
-        "",
-        f"\\* preprocessing time / generation time of the same frames, the latter estimated as {result['clips']} clips "
-        f"x {result['generation_clip_s']} s (one 720p clip of 77 frames, 20 steps, default fast path, measured above).",
-        "",
-        "| run | stage | s | frames/s |",
-        "| --- | --- | --- | --- |",
-    ]
-    for row in result["runs"]:
-        for stage in TOP_STAGES:
-            seconds = row["stages_s"][stage]
-            if seconds > 0:
-                lines.append(f"| {row['run']} | {stage} | {seconds:.3f} | {row['frames'] / seconds:,.1f} |")
-            for part in PARTS.get(stage, ()):
-                part_s = row["parts_s"][part]
-                if part_s > 0:
-                    lines.append(f"| {row['run']} | {part.strip()} | {part_s:.3f} | {row['frames'] / part_s:,.1f} |")
-    lines += ["", "| session | batch | s / run | frames/s |", "| --- | --- | --- | --- |"]
-    for session, batches in result.get("onnx_throughput", {}).items():
-        for batch, value in batches.items():
-            lines.append(f"| {session} | {batch.split()[-1]} | {value['s_per_run']} | {value['frames_per_s']:,.1f} |")
-    for pair, agreement in result.get("sam2_agreement", {}).items():
-        lines += ["", f"SAM2 raw masks, {pair} (random weights): mean IoU {agreement['mean_iou']}, "
-                      f"min {agreement['min_iou']}, {agreement['pixels_differing']:.3%} of pixels differ."]  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
-def environment(device: str) -> dict[str, Any]:
-    import cv2
-    import onnxruntime
-    import torch
-    import transformers
-
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "opencv": cv2.__version__,
-        "cpus": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
-    }
-    return info
-
-
-def write_results(out: Path, result: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2))
-    if result["runs"]:
-        (out / "results.md").write_text(markdown(result))
 
 
 # ---------------------------------------------------------------------------------------------------

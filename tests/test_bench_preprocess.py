@@ -17,6 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import bench_preprocess as bench  # noqa: E402
 import preprocess_models as pm  # noqa: E402
+import preprocess_report  # noqa: E402
+import preprocess_stages  # noqa: E402
 
 CPU = ["CPUExecutionProvider"]
 
@@ -109,7 +111,7 @@ def test_onnx_exports_run_in_the_app_loaders(tmp_path):
 
 
 def test_stage_clock_and_patching():
-    clock = bench.StageClock(cuda=False)
+    clock = preprocess_stages.StageClock(cuda=False)
 
     def slow(x):
         time.sleep(0.01)
@@ -121,7 +123,7 @@ def test_stage_clock_and_patching():
             yield i
 
     holder = type("Holder", (), {"fn": staticmethod(slow), "gen": staticmethod(frames)})
-    with bench.patched([(holder, "fn", clock.wrap("a", slow)), (holder, "gen", clock.wrap_iterator("b", frames))]):
+    with preprocess_stages.patched([(holder, "fn", clock.wrap("a", slow)), (holder, "gen", clock.wrap_iterator("b", frames))]):
         assert holder.fn(5) == 5
         assert list(holder.gen()) == [0, 1, 2]
     assert holder.fn is slow and holder.gen is frames  # restored
@@ -135,7 +137,7 @@ def test_mask_agreement_and_generation_estimate():
     a[0, :2] = b[0, :1] = 1  # frame 0: IoU 4/8; frame 1: both empty, IoU 1
     agreement = bench.mask_agreement(a, b)
     assert agreement == {"mean_iou": 0.75, "min_iou": 0.5, "pixels_differing": 0.125}
-    assert bench.generation_estimate_s(300, 10.0) == 40.0  # 300 frames: 4 clips of 77 frames (1 carried)
+    assert preprocess_report.generation_estimate_s(300, 10.0) == 40.0  # 300 frames: 4 clips of 77 frames (1 carried)
 
 
 def test_driving_clip_is_made_from_the_example(tmp_path):

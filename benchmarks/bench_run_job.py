@@ -35,8 +35,12 @@ def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def full_runtime(setup: Any, work: Path) -> tuple[Any, dict[str, float]]:
-    """A full-preset Runtime of random-weight stand-ins, set up by the app's worker code; and the seconds it took."""
+def full_runtime(setup: Any, work: Path, probe: Any = None) -> tuple[Any, dict[str, float]]:
+    """A full-preset Runtime of random-weight stand-ins, set up by the app's worker code; and the seconds it took.
+
+    `probe(models)`, if given, runs right after the preprocessing models load, before the Wan models and the worker's
+    compile and warm-ups exist (to tell preprocessing in a bare process from preprocessing in a set-up worker).
+    """
     import bench_clip_e2e
     import bench_forward
     import bench_preprocess
@@ -50,6 +54,8 @@ def full_runtime(setup: Any, work: Path) -> tuple[Any, dict[str, float]]:
     paths, _ = bench_preprocess.build_model_files(work, tiny=False, rebuild=False)
     preprocess_models = load_preprocess_models(paths, device, per_request=setup.offload_model)
     seconds["preprocess_models_s"] = round(time.perf_counter() - began, 1)
+    if probe is not None:
+        probe(preprocess_models)
     began = time.perf_counter()
     wan_models = bench_clip_e2e.build_full_models(bench_forward)
     if setup.vae_bf16:
@@ -65,19 +71,44 @@ def full_runtime(setup: Any, work: Path) -> tuple[Any, dict[str, float]]:
     return runtime, seconds
 
 
+def preprocess_stages_s(clock: Any) -> dict[str, float]:
+    """The clock's seconds per preprocessing stage and part (bench_preprocess's stage names), those that ran."""
+    from preprocess_stages import PARTS, TOP_STAGES
+
+    names = [*TOP_STAGES, *(part for stage in PARTS for part in PARTS[stage])]
+    return {name.strip(): round(clock.seconds[name], 3) for name in names if clock.seconds.get(name, 0.0) > 0}
+
+
+def bare_preprocess(models: Any, inp: Any, driving: Path, cuda: bool) -> dict[str, Any]:
+    """`preprocess()` alone on the request's options, per stage (bench_preprocess's measurement)."""
+    import bench_preprocess
+    from wan_animate.request_options import preprocess_options
+
+    row, _ = bench_preprocess.run_preprocess("bare preprocess()", driving, preprocess_options(inp), models, cuda)
+    return row
+
+
 def run_request(runtime: Any, inp: Any, driving: Path, work: Path, cuda: bool) -> dict[str, Any]:
-    """One run_job call; its timings, the loop's encode/decode stages, frames and memory."""
+    """One run_job call; its timings, the loop's encode/decode stages, preprocessing per stage, frames and memory.
+
+    Preprocessing stages come from bench_preprocess's clock; its skeleton stage also counts the drawing that
+    generation does as it reads the pose frames.
+    """
     import bench_clip_e2e
     import torch
+    from preprocess_stages import StageClock, instrumentation, patched
     from wan_animate.job import run_job
 
     out_dir = work / f"out_{time.monotonic_ns()}"
     out_dir.mkdir(parents=True)
     stages: dict[str, float] = {}
+    clock = StageClock(cuda)
+    models = runtime.preprocess_models
+    patches = instrumentation(models, clock) if models.pose_estimator is not None else []  # per-request models: none
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     began = time.perf_counter()
-    with bench_clip_e2e.stage_timers(stages, sync=cuda):
+    with bench_clip_e2e.stage_timers(stages, sync=cuda), patched(patches):
         result = run_job(runtime, inp, driving=driving, reference=Path(inp.reference_image.path), seed=0,
                          work_dir=work, out_dir=out_dir)  # fmt: skip
     wall = time.perf_counter() - began
@@ -86,6 +117,7 @@ def run_request(runtime: Any, inp: Any, driving: Path, work: Path, cuda: bool) -
         "wall_s": round(wall, 2),
         "timings": result.timings,
         "loop_stage_s": stages,
+        "preprocess_stage_s": preprocess_stages_s(clock),
         "frames": result.num_frames,
         "size": f"{result.width}x{result.height}",
         "fps": result.fps,
@@ -133,6 +165,10 @@ def markdown(result: dict[str, Any]) -> str:
         )
     for i, row in enumerate(result["requests"], 1):
         lines.append(f"\nrequest {i} loop stages (s): {json.dumps(row['loop_stage_s'])}")
+        lines.append(f"\nrequest {i} preprocessing stages (s): {json.dumps(row['preprocess_stage_s'])}")
+    for probe in result.get("bare_preprocess", []):
+        lines.append(f"\n{probe['when']}: preprocess() alone {probe['total_s']} s, stages (s): "
+                     f"{json.dumps(probe['stages_s'])}")
     return "\n".join(lines) + "\n"
 
 
@@ -145,6 +181,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--size", default=None, help="driving clip WxH (default 1280x720, --tiny 320x180)")
     parser.add_argument("--requests", type=int, default=1, help="requests in a row on the same worker")
+    parser.add_argument("--bare-preprocess", action="store_true",
+                        help="also time preprocess() alone, before the worker's setup and after it")
     parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "wan_prebench")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "out") / "run_job")
     return parser.parse_args(argv)
@@ -178,13 +216,27 @@ def main(argv: list[str] | None = None) -> int:
         request_fields = {"resolution_width": 256, "resolution_height": 256, "clip_len": 5, "sampling_steps": 2,
                           **request_fields}  # fmt: skip
 
+    def request_input() -> Any:
+        return AppInput(driving_video={"path": str(clip)}, reference_image={"path": str(REFERENCE_IMAGE)},
+                        **request_fields)  # fmt: skip
+
+    bare: list[dict[str, Any]] = []
+
+    def probe(models: Any, when: str) -> None:
+        row = bare_preprocess(models, request_input(), clip, cuda)
+        bare.append({"when": when, "total_s": row["total_s"], "stages_s": row["stages_s"], "parts_s": row["parts_s"]})
+
     began = time.perf_counter()
     if args.tiny:
         runtime, setup_s = worker.load_runtime(setup), {}
     else:
-        runtime, setup_s = full_runtime(setup, work)
+        before = (lambda models: probe(models, "before the worker's setup")) if args.bare_preprocess else None
+        runtime, setup_s = full_runtime(setup, work, probe=before)
     setup_s["total_s"] = round(time.perf_counter() - began, 1)
     say(f"worker ready in {setup_s}")
+    if args.bare_preprocess:
+        probe(runtime.preprocess_models, "after the worker's setup")
+        say(f"preprocess() alone: {json.dumps(bare)}")
     result: dict[str, Any] = {
         "command": "python benchmarks/bench_run_job.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "environment": environment(cuda),
@@ -192,17 +244,17 @@ def main(argv: list[str] | None = None) -> int:
         "request": request_fields,
         "clip": f"{frames} frames, {width}x{height}, {args.fps:g} fps (examples/smoke/driving.mp4, ping-pong, upscaled)",
         "setup_s": setup_s,
+        "bare_preprocess": bare,
         "requests": [],
     }
     args.out.mkdir(parents=True, exist_ok=True)
     for index in range(args.requests):
-        inp = AppInput(driving_video={"path": str(clip)}, reference_image={"path": str(REFERENCE_IMAGE)},
-                       **request_fields)  # fmt: skip
-        row = run_request(runtime, inp, clip, work, cuda)
+        row = run_request(runtime, request_input(), clip, work, cuda)
         say(f"request {index + 1}: {json.dumps(row)}")
         result["requests"].append(row)
         (args.out / "results.json").write_text(json.dumps(result, indent=2))
         (args.out / "results.md").write_text(markdown(result))
+    (args.out / "results.json").write_text(json.dumps(result, indent=2))
     print(markdown(result), flush=True)
     return 0
 

@@ -131,10 +131,6 @@ class Track:
         self.boxes.append(np.asarray(box[:5], dtype=np.float64))
         self.by_frame[frame] = self.boxes[-1]
 
-    def predict(self, frame: int, horizon: int) -> np.ndarray:
-        """(4,) constant-velocity guess of the box at `frame`, moved on for at most `horizon` frames."""
-        return self.boxes[-1][:4] + self.velocity * min(frame - self.frames[-1], horizon)
-
     @property
     def prominence(self) -> float:
         """Sum over the track's frames of box area x detection score: how much of the clip this person fills."""
@@ -149,55 +145,74 @@ def max_gap_frames(fps: float) -> int:
     return max(1, round(MAX_GAP_SECONDS * fps))
 
 
-def _match_cost(track: Track, frame: int, det: np.ndarray, fps: float) -> float | None:
-    """Cost of `det` joining `track` at `frame` (lower is better), None when it is not plausibly the same person."""
-    pred = track.predict(frame, max(1, round(MAX_EXTRAPOLATION_SECONDS * fps)))
-    misses = frame - track.frames[-1] - 1
-    pred_h = max(pred[3] - pred[1], 1.0)
-    det_h = max(det[3] - det[1], 1.0)
-    size = abs(math.log(det_h / pred_h))
-    if size > math.log(MAX_SIZE_RATIO):
-        return None
-    iou = box_iou(pred, det)
-    shift = float(np.linalg.norm(box_centre(pred) - box_centre(det))) / max(pred_h, det_h)
-    if iou < MIN_IOU and shift > MAX_CENTRE_SHIFT + MISS_SHIFT_PER_SECOND * misses / fps:
-        return None
-    return (1.0 - iou) + shift + size + MISS_COST_PER_SECOND * misses / fps
+def _predicted_boxes(tracks: list[Track], frame: int, horizon: int) -> np.ndarray:
+    """(K, 4) constant-velocity guesses of the tracks' boxes at `frame`, each moved on for at most `horizon` frames."""
+    last = np.array([track.boxes[-1][:4] for track in tracks])  # (K, 4)
+    velocity = np.array([track.velocity for track in tracks])  # (K, 4)
+    steps = np.minimum(frame - np.array([track.frames[-1] for track in tracks]), horizon)  # (K,)
+    return last + velocity * steps[:, None]
+
+
+def match_costs(pred: np.ndarray, misses: np.ndarray, dets: np.ndarray, fps: float) -> np.ndarray:
+    """(K, M) cost of detection j joining track k (lower is better); inf where it is not plausibly the same person.
+
+    pred: (K, 4) the tracks' predicted boxes; misses: (K,) frames each was last missed for; dets: (M, >=4) boxes.
+    The cost is (1 - IoU) + centre shift in box heights + |log height ratio| + MISS_COST_PER_SECOND per second
+    missed; the gates: heights within MAX_SIZE_RATIO, and IoU >= MIN_IOU or a shift within MAX_CENTRE_SHIFT (+
+    MISS_SHIFT_PER_SECOND per second missed). One array pass per frame: a crowd of 80 boxes is 6,400 pairs a frame.
+    """
+    p, d = pred[:, None, :4], dets[None, :, :4]  # (K, 1, 4), (1, M, 4)
+    pred_h = np.maximum(p[..., 3] - p[..., 1], 1.0)  # (K, 1)
+    det_h = np.maximum(d[..., 3] - d[..., 1], 1.0)  # (1, M)
+    size = np.abs(np.log(det_h / pred_h))  # (K, M)
+    iw = np.minimum(p[..., 2], d[..., 2]) - np.maximum(p[..., 0], d[..., 0])
+    ih = np.minimum(p[..., 3], d[..., 3]) - np.maximum(p[..., 1], d[..., 1])
+    inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
+    area_p = (p[..., 2] - p[..., 0]) * (p[..., 3] - p[..., 1])  # (K, 1)
+    area_d = (d[..., 2] - d[..., 0]) * (d[..., 3] - d[..., 1])  # (1, M)
+    union = area_p + area_d - inter
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=(inter > 0) & (union > 0))
+    dx = (p[..., 0] + p[..., 2]) / 2.0 - (d[..., 0] + d[..., 2]) / 2.0
+    dy = (p[..., 1] + p[..., 3]) / 2.0 - (d[..., 1] + d[..., 3]) / 2.0
+    shift = np.sqrt(dx * dx + dy * dy) / np.maximum(pred_h, det_h)
+    missed_s = (misses / fps)[:, None]  # (K, 1)
+    cost = (1.0 - iou) + shift + size + MISS_COST_PER_SECOND * missed_s
+    too_far = (iou < MIN_IOU) & (shift > MAX_CENTRE_SHIFT + MISS_SHIFT_PER_SECOND * missed_s)
+    refused = (size > math.log(MAX_SIZE_RATIO)) | too_far
+    return np.where(refused, np.inf, cost)
 
 
 def link_tracks(detections: list[np.ndarray], fps: float) -> list[Track]:
     """Per-frame person boxes [(M_t, 5) x1, y1, x2, y2, score] at `fps` -> tracks over the whole video.
 
-    Each frame, every (track, detection) pair that passes the gates is ranked by (1 - IoU) + centre shift +
-    log size ratio against the track's predicted box + time since the track was last seen, and pairs are taken best
-    first (each track and detection once).
+    Each frame, every (track, detection) pair that passes the gates of `match_costs` is ranked by its cost, and
+    pairs are taken best first (ties: older track, then earlier detection; each track and detection once).
     A detection left over starts a track; a track not seen for more than MAX_GAP_SECONDS ends.
     """
     max_gap = max_gap_frames(fps)
+    horizon = max(1, round(MAX_EXTRAPOLATION_SECONDS * fps))
     tracks: list[Track] = []
-    live: list[int] = []  # indices of the tracks not yet ended
+    live: list[int] = []  # indices of the tracks not yet ended, oldest first
     for t, dets in enumerate(detections):
         live = [k for k in live if t - tracks[k].frames[-1] - 1 <= max_gap]
-        pairs = []
-        for k in live:
-            for j, det in enumerate(dets):
-                cost = _match_cost(tracks[k], t, det, fps)
-                if cost is not None:
-                    pairs.append((cost, k, j))
-        used_tracks: set[int] = set()
-        used_dets: set[int] = set()
-        for _, k, j in sorted(pairs):
-            if k in used_tracks or j in used_dets:
-                continue
-            tracks[k].add(t, dets[j])
-            used_tracks.add(k)
-            used_dets.add(j)
-        for j, det in enumerate(dets):
-            if j not in used_dets:
-                track = Track()
-                track.add(t, det)
-                tracks.append(track)
-                live.append(len(tracks) - 1)
+        used_dets = np.zeros(len(dets), dtype=bool)
+        if live and len(dets):
+            live_tracks = [tracks[k] for k in live]
+            misses = np.array([t - track.frames[-1] - 1 for track in live_tracks], dtype=np.float64)
+            cost = match_costs(_predicted_boxes(live_tracks, t, horizon), misses, np.asarray(dets), fps)  # (K, M)
+            rows, cols = np.nonzero(np.isfinite(cost))
+            used_rows = np.zeros(len(live), dtype=bool)
+            for i in np.lexsort((cols, rows, cost[rows, cols])):  # by cost, then track, then detection
+                r, j = rows[i], cols[i]
+                if used_rows[r] or used_dets[j]:
+                    continue
+                live_tracks[r].add(t, dets[j])
+                used_rows[r] = used_dets[j] = True
+        for j in np.flatnonzero(~used_dets):
+            track = Track()
+            track.add(t, dets[j])
+            tracks.append(track)
+            live.append(len(tracks) - 1)
     return tracks
 
 

@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         result["requests"].append(row)
         (args.out / "results.json").write_text(json.dumps(result, indent=2))
         (args.out / "results.md").write_text(markdown(result))
-    (args.out / "results.json").write_text(json.dumps(result, indent=2))
+    (args.out / "results.json").write_text(json.dumps(result, indent=2))  # also with --requests 0
+    (args.out / "results.md").write_text(markdown(result))
     print(markdown(result), flush=True)
     return 0
 

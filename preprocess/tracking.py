@@ -156,7 +156,7 @@ def _predicted_boxes(tracks: list[Track], frame: int, horizon: int) -> np.ndarra
 def match_costs(pred: np.ndarray, misses: np.ndarray, dets: np.ndarray, fps: float) -> np.ndarray:
     """(K, M) cost of detection j joining track k (lower is better); inf where it is not plausibly the same person.
 
-    pred: (K, 4) the tracks' predicted boxes; misses: (K,) frames each was last missed for; dets: (M, >=4) boxes.
+    pred: (K, 4) the tracks' predicted boxes; misses: (K,) frames each has gone unseen; dets: (M, >=4) boxes.
     The cost is (1 - IoU) + centre shift in box heights + |log height ratio| + MISS_COST_PER_SECOND per second
     missed; the gates: heights within MAX_SIZE_RATIO, and IoU >= MIN_IOU or a shift within MAX_CENTRE_SHIFT (+
     MISS_SHIFT_PER_SECOND per second missed). One array pass per frame: a crowd of 80 boxes is 6,400 pairs a frame.
@@ -202,12 +202,16 @@ def link_tracks(detections: list[np.ndarray], fps: float) -> list[Track]:
             cost = match_costs(_predicted_boxes(live_tracks, t, horizon), misses, np.asarray(dets), fps)  # (K, M)
             rows, cols = np.nonzero(np.isfinite(cost))
             used_rows = np.zeros(len(live), dtype=bool)
+            matches_left = min(len(live), len(dets))
             for i in np.lexsort((cols, rows, cost[rows, cols])):  # by cost, then track, then detection
                 r, j = rows[i], cols[i]
                 if used_rows[r] or used_dets[j]:
                     continue
                 live_tracks[r].add(t, dets[j])
                 used_rows[r] = used_dets[j] = True
+                matches_left -= 1
+                if matches_left == 0:  # every track or every detection taken
+                    break
         for j in np.flatnonzero(~used_dets):
             track = Track()
             track.add(t, dets[j])

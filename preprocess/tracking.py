@@ -234,6 +234,21 @@ def same_place(a: np.ndarray, b: np.ndarray) -> bool:
     return box_iou(a, b) >= DUPLICATE_IOU or max(inside_fraction(a, b), inside_fraction(b, a)) >= PART_OVERLAP
 
 
+def same_place_many(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N,) `same_place` of box pairs a[i], b[i] ((N, >=4) each), in one array pass."""
+    iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
+    ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
+    inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a + area_b - inter
+    zeros = np.zeros_like(inter)
+    iou = np.divide(inter, union, out=zeros.copy(), where=(inter > 0) & (union > 0))
+    inside_a = np.divide(inter, area_a, out=zeros.copy(), where=(inter > 0) & (area_a > 0))
+    inside_b = np.divide(inter, area_b, out=zeros.copy(), where=(inter > 0) & (area_b > 0))
+    return (iou >= DUPLICATE_IOU) | (np.maximum(inside_a, inside_b) >= PART_OVERLAP)
+
+
 def _join_distance(track: Track, person: Track, fps: float) -> float | None:
     """How far `track` is from being `person` (0: a second box on them), or None when it cannot be them.
 
@@ -241,10 +256,10 @@ def _join_distance(track: Track, person: Track, fps: float) -> float | None:
     (distance 0), or when they share no frame and the track starts (ends) within the tracking gate of where the
     person was last (next) seen: MAX_CENTRE_SHIFT + MISS_SHIFT_PER_SECOND per second apart (the distance in heights).
     """
-    shared = [f for f in track.frames if f in person.by_frame]
-    if shared:
-        same = sum(same_place(track.box_at(f), person.box_at(f)) for f in shared)
-        return 0.0 if same >= SAME_PLACE_FRACTION * len(shared) else None
+    _, mine, theirs = np.intersect1d(track.frames, person.frames, assume_unique=True, return_indices=True)
+    if len(mine):  # frames both are in
+        same = int(same_place_many(np.asarray(track.boxes)[mine], np.asarray(person.boxes)[theirs]).sum())
+        return 0.0 if same >= SAME_PLACE_FRACTION * len(mine) else None
     best = None
     before = [f for f in person.frames if f < track.frames[0]]
     after = [f for f in person.frames if f > track.frames[-1]]

@@ -295,3 +295,34 @@ def test_match_costs_refuses_what_the_gates_refuse():
     cost = trk.match_costs(pred, np.array([3.0]), dets, FPS)
     assert cost[0, 0] == pytest.approx(trk.MISS_COST_PER_SECOND * 3 / FPS)
     assert np.isinf(cost[0, 1]) and np.isinf(cost[0, 2])
+
+
+def _scalar_join_distance(track: trk.Track, person: trk.Track, fps: float) -> float | None:
+    """The shared-frame test frame by frame (the tracker's code before it took a pair's shared frames as arrays)."""
+    shared = [f for f in track.frames if f in person.by_frame]
+    if shared:
+        same = sum(trk.same_place(track.box_at(f), person.box_at(f)) for f in shared)
+        return 0.0 if same >= trk.SAME_PLACE_FRACTION * len(shared) else None
+    return _array_join_distance(track, person, fps)  # no shared frame: the unchanged end-to-end gate
+
+
+_array_join_distance = trk._join_distance
+
+
+@pytest.mark.parametrize("case", ["small", "walk", "crowd"])
+def test_people_equal_the_frame_by_frame_shared_test(case, monkeypatch):
+    """Same people (frames and boxes) when the shared frames' `same_place` runs frame by frame, on both recordings
+    and a crowd in which second boxes and duplicates overlap people (the crowd's boxes, each also as a part box)."""
+    if case == "crowd":
+        frames = _crowd(30, 90)
+        detections = [np.concatenate([d, d[: len(d) // 2] * [1, 1, 1, 0.9, 1] + [0, 0, 0, 0, 0]]) for d in frames]
+    else:
+        detections = rec.detections(rec.SMALL if case == "small" else rec.WALK)
+    tracks = trk.link_tracks(detections, FPS)
+    got = trk.people(tracks, len(detections), FPS)
+    monkeypatch.setattr(trk, "_join_distance", _scalar_join_distance)
+    want = trk.people(tracks, len(detections), FPS)
+    assert len(got) == len(want) > 1
+    for a, b in zip(got, want, strict=True):
+        assert a.frames == b.frames
+        np.testing.assert_array_equal(np.array(a.boxes), np.array(b.boxes))

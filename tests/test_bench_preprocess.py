@@ -123,7 +123,8 @@ def test_stage_clock_and_patching():
             yield i
 
     holder = type("Holder", (), {"fn": staticmethod(slow), "gen": staticmethod(frames)})
-    with preprocess_stages.patched([(holder, "fn", clock.wrap("a", slow)), (holder, "gen", clock.wrap_iterator("b", frames))]):
+    patches = [(holder, "fn", clock.wrap("a", slow)), (holder, "gen", clock.wrap_iterator("b", frames))]
+    with preprocess_stages.patched(patches):
         assert holder.fn(5) == 5
         assert list(holder.gen()) == [0, 1, 2]
     assert holder.fn is slow and holder.gen is frames  # restored

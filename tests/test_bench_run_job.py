@@ -13,8 +13,8 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_run_job.py"
 
 def test_tiny_run_job_bench_writes_a_whole_request(tmp_path: Path):
     out = tmp_path / "out"
-    command = [sys.executable, str(BENCH), "--tiny", "--seconds", "0.4", "--fps", "10", "--requests", "2", "--bare-preprocess",
-               "--work", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
+    command = [sys.executable, str(BENCH), "--tiny", "--seconds", "0.4", "--fps", "10", "--requests", "2",
+               "--bare-preprocess", "--work", str(tmp_path / "work"), "--out", str(out)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((out / "results.json").read_text())

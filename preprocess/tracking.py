@@ -145,6 +145,22 @@ def max_gap_frames(fps: float) -> int:
     return max(1, round(MAX_GAP_SECONDS * fps))
 
 
+def overlaps(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Intersection area, area of a, area of b for boxes x1, y1, x2, y2 in the last axis, broadcast against each
+    other (pairs a[i], b[i], or every pair of (K, 1, 4) against (1, M, 4)); the array form of `box_iou`'s parts."""
+    iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
+    ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
+    inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return inter, area_a, area_b
+
+
+def _ratio(inter: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    """inter / whole where both are positive, else 0 (as the scalar box_iou / inside_fraction)."""
+    return np.divide(inter, whole, out=np.zeros_like(inter), where=(inter > 0) & (whole > 0))
+
+
 def _predicted_boxes(tracks: list[Track], frame: int, horizon: int) -> np.ndarray:
     """(K, 4) constant-velocity guesses of the tracks' boxes at `frame`, each moved on for at most `horizon` frames."""
     last = np.array([track.boxes[-1][:4] for track in tracks])  # (K, 4)
@@ -165,13 +181,8 @@ def match_costs(pred: np.ndarray, misses: np.ndarray, dets: np.ndarray, fps: flo
     pred_h = np.maximum(p[..., 3] - p[..., 1], 1.0)  # (K, 1)
     det_h = np.maximum(d[..., 3] - d[..., 1], 1.0)  # (1, M)
     size = np.abs(np.log(det_h / pred_h))  # (K, M)
-    iw = np.minimum(p[..., 2], d[..., 2]) - np.maximum(p[..., 0], d[..., 0])
-    ih = np.minimum(p[..., 3], d[..., 3]) - np.maximum(p[..., 1], d[..., 1])
-    inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
-    area_p = (p[..., 2] - p[..., 0]) * (p[..., 3] - p[..., 1])  # (K, 1)
-    area_d = (d[..., 2] - d[..., 0]) * (d[..., 3] - d[..., 1])  # (1, M)
-    union = area_p + area_d - inter
-    iou = np.divide(inter, union, out=np.zeros_like(inter), where=(inter > 0) & (union > 0))
+    inter, area_p, area_d = overlaps(p, d)  # (K, M), (K, 1), (1, M)
+    iou = _ratio(inter, area_p + area_d - inter)
     dx = (p[..., 0] + p[..., 2]) / 2.0 - (d[..., 0] + d[..., 2]) / 2.0
     dy = (p[..., 1] + p[..., 3]) / 2.0 - (d[..., 1] + d[..., 3]) / 2.0
     shift = np.sqrt(dx * dx + dy * dy) / np.maximum(pred_h, det_h)
@@ -236,17 +247,9 @@ def same_place(a: np.ndarray, b: np.ndarray) -> bool:
 
 def same_place_many(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(N,) `same_place` of box pairs a[i], b[i] ((N, >=4) each), in one array pass."""
-    iw = np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
-    ih = np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
-    inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a + area_b - inter
-    zeros = np.zeros_like(inter)
-    iou = np.divide(inter, union, out=zeros.copy(), where=(inter > 0) & (union > 0))
-    inside_a = np.divide(inter, area_a, out=zeros.copy(), where=(inter > 0) & (area_a > 0))
-    inside_b = np.divide(inter, area_b, out=zeros.copy(), where=(inter > 0) & (area_b > 0))
-    return (iou >= DUPLICATE_IOU) | (np.maximum(inside_a, inside_b) >= PART_OVERLAP)
+    inter, area_a, area_b = overlaps(a, b)  # (N,) each
+    iou = _ratio(inter, area_a + area_b - inter)
+    return (iou >= DUPLICATE_IOU) | (np.maximum(_ratio(inter, area_a), _ratio(inter, area_b)) >= PART_OVERLAP)
 
 
 def _join_distance(track: Track, person: Track, fps: float) -> float | None:

@@ -121,6 +121,7 @@ class Track:
     boxes: list[np.ndarray] = field(default_factory=list)
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(4))  # per frame, of x1, y1, x2, y2
     by_frame: dict[int, np.ndarray] = field(default_factory=dict)  # frame -> box, for look-ups
+    _arrays: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     def add(self, frame: int, box: np.ndarray) -> None:
         if self.frames:
@@ -138,6 +139,12 @@ class Track:
 
     def box_at(self, frame: int) -> np.ndarray | None:
         return self.by_frame.get(frame)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(N,) frames and (N, 5) boxes as arrays, built once per length (a track only ever grows by appending)."""
+        if self._arrays is None or len(self._arrays[0]) != len(self.frames):
+            self._arrays = (np.asarray(self.frames), np.asarray(self.boxes))
+        return self._arrays
 
 
 def max_gap_frames(fps: float) -> int:
@@ -259,9 +266,10 @@ def _join_distance(track: Track, person: Track, fps: float) -> float | None:
     (distance 0), or when they share no frame and the track starts (ends) within the tracking gate of where the
     person was last (next) seen: MAX_CENTRE_SHIFT + MISS_SHIFT_PER_SECOND per second apart (the distance in heights).
     """
-    _, mine, theirs = np.intersect1d(track.frames, person.frames, assume_unique=True, return_indices=True)
+    (track_frames, track_boxes), (person_frames, person_boxes) = track.arrays(), person.arrays()
+    _, mine, theirs = np.intersect1d(track_frames, person_frames, assume_unique=True, return_indices=True)
     if len(mine):  # frames both are in
-        same = int(same_place_many(np.asarray(track.boxes)[mine], np.asarray(person.boxes)[theirs]).sum())
+        same = int(same_place_many(track_boxes[mine], person_boxes[theirs]).sum())
         return 0.0 if same >= SAME_PLACE_FRACTION * len(mine) else None
     best = None
     before = [f for f in person.frames if f < track.frames[0]]

@@ -326,3 +326,15 @@ def test_people_equal_the_frame_by_frame_shared_test(case, monkeypatch):
     for a, b in zip(got, want, strict=True):
         assert a.frames == b.frames
         np.testing.assert_array_equal(np.array(a.boxes), np.array(b.boxes))
+
+
+def test_track_arrays_follow_the_track_as_it_grows():
+    """`Track.arrays` is built once per length: a box added after a look-up is in the next look-up."""
+    track = trk.Track()
+    track.add(0, np.array([0.0, 0.0, 10.0, 20.0, 0.9]))
+    frames, boxes = track.arrays()
+    assert track.arrays()[0] is frames  # the same arrays while the track is unchanged
+    track.add(3, np.array([1.0, 0.0, 11.0, 20.0, 0.8]))
+    frames, boxes = track.arrays()
+    assert frames.tolist() == [0, 3]
+    np.testing.assert_array_equal(boxes, np.array(track.boxes))

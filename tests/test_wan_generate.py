@@ -273,3 +273,26 @@ def test_single_frame_input_makes_one_frame(models) -> None:
     cond = tiny_conditioning(1, face_size=16)
     clips = list(generate(models, cond, GenerationOptions(clip_len=9, sampling_steps=1)))
     assert [c.shape[0] for c in clips] == [1]
+
+
+def test_the_last_clip_decodes_only_the_frames_it_emits(models, monkeypatch) -> None:
+    """20 frames in clips of 9 (refert 1): the last clip emits 3 new frames, so it decodes 2 of its 3 latent frames
+    (the decoder is causal); the frames are the same as with the whole clip decoded."""
+    import sys
+
+    generate_module = sys.modules["wan_animate.wan.generate"]
+    cond = tiny_conditioning(20, face_size=16)
+    options = GenerationOptions(clip_len=9, refert_num=1, sampling_steps=2, seed=5)
+    decoded = []  # decoder calls: one per latent frame
+    handle = models.vae.decoder.register_forward_hook(lambda *args: decoded.append(1))
+    try:
+        trimmed = torch.cat(list(generate_clips(models, cond, options)))
+        calls_trimmed = len(decoded)
+        decoded.clear()
+        monkeypatch.setattr(generate_module, "latent_frames_to_decode", lambda needed, latent_frames: latent_frames)
+        whole = torch.cat(list(generate_clips(models, cond, options)))
+    finally:
+        handle.remove()
+    assert (calls_trimmed, len(decoded)) == (3 + 3 + 2, 3 + 3 + 3)
+    assert trimmed.shape == whole.shape == (20, 3, cond.height, cond.width)
+    torch.testing.assert_close(trimmed, whole, rtol=0, atol=0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from wan_animate.wan.segments import clip_starts, mirror_indices, valid_length
+from wan_animate.wan.segments import clip_starts, latent_frames_to_decode, mirror_indices, valid_length
 
 
 @pytest.mark.parametrize(
@@ -48,3 +48,14 @@ def test_clip_starts_step_by_clip_len_minus_refert() -> None:
         assert starts[-1] + clip_len == target
         new_frames = clip_len + (len(starts) - 1) * (clip_len - refert)
         assert new_frames == target >= frames
+
+
+@pytest.mark.parametrize(
+    "needed,expected",
+    [(1, 1), (2, 2), (5, 2), (6, 3), (9, 3), (72, 19), (76, 20), (77, 20), (200, 20)],
+)
+def test_latent_frames_to_decode_cover_the_frames_needed(needed: int, expected: int) -> None:
+    """Latent frame 0 decodes to 1 frame and each later one to 4: the fewest of 20 that reach `needed` frames."""
+    got = latent_frames_to_decode(needed, 20)
+    assert got == expected
+    assert 1 + 4 * (got - 1) >= min(needed, 77)

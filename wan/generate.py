@@ -34,7 +34,7 @@ from .conditioning import (
 )
 from .lora import request_adapters
 from .offload import Offload, offload_session, on_device, resolve_offload
-from .segments import clip_starts, mirror_indices, valid_length
+from .segments import clip_starts, latent_frames_to_decode, mirror_indices, valid_length
 from .step_cache import StepCache, StepCacheOptions, installed
 
 if TYPE_CHECKING:
@@ -303,8 +303,11 @@ def _generate_on_device(
                         f" (about {decode_s:.0f} s, as the last clip)" if decode_s is not None else "")  # fmt: skip
             decode_start = time.perf_counter()
             where = f"during the VAE decode of clip {index + 1}/{len(starts)}"
+            decoded_t = lat_t  # the last clip decodes only the frames it emits (and colour-matches on)
+            if index == len(starts) - 1:
+                decoded_t = latent_frames_to_decode((0 if start == 0 else refert) + num_frames - emitted, lat_t)
             with on_device(models.vae, device, offload), _cancellable_decode(models.vae, should_cancel, where):
-                frames = vae_decode(models, latents[:, :, 1:])[0].transpose(0, 1)  # (clip_len, 3, H, W)
+                frames = vae_decode(models, latents[:, :, 1 : 1 + decoded_t])[0].transpose(0, 1)  # (<= clip_len, 3, H, W)
             decode_s = time.perf_counter() - decode_start
             del latents
             shown = frames

@@ -47,3 +47,13 @@ def clip_starts(target_len: int, clip_len: int, refert_num: int) -> list[int]:
         starts.append(start)
         start += step
     return starts
+
+
+def latent_frames_to_decode(frames_needed: int, latent_frames: int, stride: int = 4) -> int:
+    """How many of a clip's `latent_frames` to decode for its first `frames_needed` frames.
+
+    The Wan VAE decoder is causal (latent frame 0 makes frame 0, each later one the next `stride` frames, from the
+    latents before it only), so decoding a prefix gives those frames exactly; the last clip's frames past the video's
+    end need not be decoded at all.
+    """
+    return min(latent_frames, 1 + max(0, -(-(frames_needed - 1) // stride)))

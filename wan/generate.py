@@ -274,7 +274,7 @@ def _generate_on_device(
         carried_raw: torch.Tensor | None = None  # (r, 3, H, W) last decoded frames, the next clip's guide
         carried_shown: torch.Tensor | None = None  # the same frames as emitted (after colour matching)
         emitted = 0
-        decode_s: float | None = None  # the last clip's decode time: the next one's estimate
+        decode_s: float | None = None  # the previous clip's whole decode time: the next one's estimate
         for index, start in enumerate(starts):
             check_cancel(should_cancel, f"before clip {index + 1}/{len(starts)}")
             window = indices[start : start + clip_len]
@@ -299,13 +299,14 @@ def _generate_on_device(
                 (index, len(starts)), on_step, should_cancel,
             )  # fmt: skip
             del noise, y, pose, face, clip_y
-            logger.info("VAE decode of clip %d/%d: started%s", index + 1, len(starts),
-                        f" (about {decode_s:.0f} s, as the last clip)" if decode_s is not None else "")  # fmt: skip
-            decode_start = time.perf_counter()
-            where = f"during the VAE decode of clip {index + 1}/{len(starts)}"
             decoded_t = lat_t  # the last clip decodes only the frames it emits (and colour-matches on)
             if index == len(starts) - 1:
                 decoded_t = latent_frames_to_decode((0 if start == 0 else refert) + num_frames - emitted, lat_t)
+            estimate = f" (about {decode_s * decoded_t / lat_t:.0f} s)" if decode_s is not None else ""
+            logger.info("VAE decode of clip %d/%d: %d latent frames, started%s", index + 1, len(starts), decoded_t,
+                        estimate)  # fmt: skip
+            decode_start = time.perf_counter()
+            where = f"during the VAE decode of clip {index + 1}/{len(starts)}"
             with on_device(models.vae, device, offload), _cancellable_decode(models.vae, should_cancel, where):
                 frames = vae_decode(models, latents[:, :, 1 : 1 + decoded_t])[0].transpose(0, 1)  # (<= clip_len, 3, H, W)
             decode_s = time.perf_counter() - decode_start

@@ -99,6 +99,7 @@ def build_model_files(work: Path, tiny: bool, rebuild: bool) -> tuple[SimpleName
     """
     sys.path.insert(0, str(APP_ROOT / "benchmarks"))
     import preprocess_models as pm
+    import random_yolov10 as yolo
 
     root = work / ("tiny" if tiny else "full") / "process_checkpoint"
     paths = SimpleNamespace(
@@ -110,7 +111,7 @@ def build_model_files(work: Path, tiny: bool, rebuild: bool) -> tuple[SimpleName
     seconds: dict[str, float] = {}
     jobs: list[tuple[str, Path, Callable[[], Any]]] = [
         ("yolov10m onnx", paths.detector_onnx,
-         lambda: pm.write_yolov10_onnx(paths.detector_onnx, pm.YOLOV10_TINY if tiny else pm.YOLOV10M)),
+         lambda: pm.write_yolov10_onnx(paths.detector_onnx, yolo.YOLOV10_TINY if tiny else yolo.YOLOV10M)),
         ("vitpose-h onnx", paths.pose_onnx / "end2end.onnx",
          lambda: pm.write_vitpose_onnx(paths.pose_onnx, pm.VITPOSE_TINY if tiny else pm.VITPOSE_H)),
         ("sam2 checkpoint", paths.sam2_checkpoint,

@@ -19,6 +19,7 @@ import bench_preprocess as bench  # noqa: E402
 import preprocess_models as pm  # noqa: E402
 import preprocess_report  # noqa: E402
 import preprocess_stages  # noqa: E402
+import random_yolov10 as yolo  # noqa: E402
 
 CPU = ["CPUExecutionProvider"]
 
@@ -31,7 +32,7 @@ def test_yolov10m_has_the_released_size_and_output():
 
     (It was also compared against ultralytics' own yolov10m on shared weights while ultralytics was installed;
     ultralytics is AGPL-3.0 and no longer a dependency of the app or its tests.)"""
-    ours = pm.YoloV10(pm.YOLOV10M).eval()
+    ours = yolo.YoloV10(yolo.YOLOV10M).eval()
     assert sum(p.numel() for p in ours.parameters()) == 15_389_952
     with torch.no_grad():
         got = ours(torch.rand(1, 3, 320, 320, generator=torch.Generator().manual_seed(0)))
@@ -39,9 +40,9 @@ def test_yolov10m_has_the_released_size_and_output():
 
 
 def test_random_yolo_finds_people_and_nothing_else():
-    model = pm.random_yolov10(pm.YOLOV10_TINY)
+    model = yolo.random_yolov10(yolo.YOLOV10_TINY)
     with torch.no_grad():
-        out = model(pm.smooth_random_images(2, 640))
+        out = model(yolo.smooth_random_images(2, 640))
     assert out.shape == (2, 300, 6)
     assert (out[..., 5] == 0).all() and (out[..., 4] > 0.05).all()  # all person boxes above the threshold
     assert out[..., 4].std() > 1e-3 and out[..., :4].std() > 1.0  # distinct scores and boxes: NMS has work
@@ -96,11 +97,11 @@ def test_onnx_exports_run_in_the_app_loaders(tmp_path):
         expected = pm.random_vitpose(pm.VITPOSE_TINY)(torch.from_numpy(crops)).numpy()
     np.testing.assert_allclose(pose.heatmaps(crops), expected, atol=1e-5)
 
-    detector = OnnxPersonDetector(pm.write_yolov10_onnx(tmp_path / "yolov10m.onnx", pm.YOLOV10_TINY), providers=CPU)
-    frames = (pm.smooth_random_images(2, 640).numpy().transpose(0, 2, 3, 1) * 255).astype(np.uint8)
+    detector = OnnxPersonDetector(pm.write_yolov10_onnx(tmp_path / "yolov10m.onnx", yolo.YOLOV10_TINY), providers=CPU)
+    frames = (yolo.smooth_random_images(2, 640).numpy().transpose(0, 2, 3, 1) * 255).astype(np.uint8)
     raw = detector.raw_outputs(frames)
     with torch.no_grad():
-        expected = pm.random_yolov10(pm.YOLOV10_TINY)(torch.from_numpy(np.stack([detector_input(f) for f in frames])))
+        expected = yolo.random_yolov10(yolo.YOLOV10_TINY)(torch.from_numpy(np.stack([detector_input(f) for f in frames])))
     assert raw.shape == (2, 300, 6)
     np.testing.assert_allclose(raw[:, :20], expected.numpy()[:, :20], rtol=1e-4, atol=1e-2)  # the best 20
     boxes = detector(frames)

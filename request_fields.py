@@ -51,7 +51,7 @@ def check_fps(value: float) -> float:
 
 def check_person(value: Any) -> str:
     """The `person` selector, parsed once here so a bad one fails before any download or decode."""
-    from .preprocess.tracking import parse_person
+    from .preprocess.person_choice import parse_person
 
     parse_person(value)  # InputError (a ValueError) naming `person` and what it accepts
     return "auto" if value is None else str(value).strip()

@@ -22,9 +22,10 @@ from .detection import fallback_box
 from .face import FACE_SIZE, crop_face, face_box, fill_missing_faces, nearest_good
 from .frame_store import FrameStore
 from .model_loading import PreprocessModels
+from .person_choice import PersonChoice, scale_choice
 from .pose import PoseEstimator, fill_invalid_bodies
 from .pose_meta import PoseMeta
-from .tracking import PersonChoice, performer_boxes, scale_choice
+from .tracking import performer_boxes
 from .video_decode import Transform, iter_frames, probe_video, read_frames
 from .video_io import resize_by_area
 

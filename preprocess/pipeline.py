@@ -42,9 +42,9 @@ from .driving_pass import DrivingPass, driving_pass, working_size
 from .face import FACE_SIZE
 from .frame_store import FrameStore
 from .model_loading import PreprocessModels
+from .person_choice import parse_person
 from .pose_meta import PoseMeta
 from .skeleton_video import SkeletonVideo
-from .tracking import parse_person
 from .video_decode import VideoInfo, frame_indices_by_time, probe_video
 from .video_io import (
     check_frame_shape,

@@ -21,7 +21,6 @@ video gives the official output.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -29,6 +28,7 @@ import numpy as np
 
 from ..errors import InputError
 from .detection import largest_person
+from .person_choice import PERSON_FIELD, PersonChoice
 
 MIN_PERSON_FRACTION = 0.1  # a track detected in fewer frames than this fraction is not counted as a person
 MIN_IOU = 0.2  # a detection overlapping a track's predicted box this much may join it...
@@ -43,54 +43,8 @@ MAX_SIZE_RATIO = 3.0  # box heights of a track and a detection joining it differ
 MISS_COST_PER_SECOND = 1.0  # added to the matching cost per second a track was missed: recent tracks first
 VELOCITY_SMOOTHING = 0.5  # weight of the newest velocity estimate in the running one
 POINT_BOX_MIN_IOU = 0.3  # a box given as `person` must overlap a person's box this much
-PERSON_FIELD = "person"
 
 FrameStatus = Literal["detected", "interpolated", "nobody", "absent"]
-
-
-# ---------------------------------------------------------------------------------------------------
-# the `person` input
-
-
-@dataclass(frozen=True)
-class PersonChoice:
-    """The parsed `person` input: auto, an index (left to right), or a point / box in source pixels."""
-
-    kind: Literal["auto", "index", "point", "box"] = "auto"
-    index: int = 0
-    coords: tuple[float, ...] = ()  # (x, y) for a point, (x1, y1, x2, y2) for a box
-
-
-PERSON_HELP = (
-    'use "auto" (the most prominent person), an index such as "0" (people numbered left to right), a point '
-    '"x,y" or a box "x1,y1,x2,y2" in pixels of the driving video'
-)
-_NUMBER = r"\s*(-?\d+(?:\.\d+)?)\s*"
-
-
-def parse_person(value: str | int | None) -> PersonChoice:
-    """`person` text -> PersonChoice; InputError("invalid_person", "person") saying what is accepted."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
-        return PersonChoice()
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise InputError("invalid_person", PERSON_FIELD, f"got {value!r}; {PERSON_HELP}")
-    text = str(value).strip()
-    if re.fullmatch(r"\d+", text):
-        return PersonChoice("index", index=int(text))
-    for kind, count in (("point", 2), ("box", 4)):
-        match = re.fullmatch(",".join([_NUMBER] * count), text)
-        if match:
-            coords = tuple(float(v) for v in match.groups())
-            if min(coords) < 0:
-                raise InputError("invalid_person", PERSON_FIELD, f"{text!r} has a negative coordinate; {PERSON_HELP}")
-            if kind == "box" and not (coords[2] > coords[0] and coords[3] > coords[1]):
-                raise InputError(
-                    "invalid_person",
-                    PERSON_FIELD,
-                    f"box {text!r} needs x2 > x1 and y2 > y1 (x1,y1 = top left, x2,y2 = bottom right)",
-                )
-            return PersonChoice(kind, coords=coords)
-    raise InputError("invalid_person", PERSON_FIELD, f"got {text!r}; {PERSON_HELP}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -417,11 +371,3 @@ def performer_boxes(detections: list[np.ndarray], choice: PersonChoice, fps: flo
             out[t, 4] = min(found[a][4], found[b][4])
             statuses[t] = "interpolated"
     return out, statuses
-
-
-def scale_choice(choice: PersonChoice, sx: float, sy: float) -> PersonChoice:
-    """A point/box choice given in source pixels -> pixels of frames resized by (sx, sy)."""
-    if choice.kind not in ("point", "box"):
-        return choice
-    scales = (sx, sy) * (len(choice.coords) // 2)
-    return PersonChoice(choice.kind, coords=tuple(c * s for c, s in zip(choice.coords, scales, strict=True)))

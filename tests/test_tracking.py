@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import recorded_people as rec
 from wan_animate.errors import InputError
+from wan_animate.preprocess import person_choice as pc
 from wan_animate.preprocess import tracking as trk
 from wan_animate.preprocess.detection import largest_person
 
@@ -38,7 +39,7 @@ def test_largest_person_per_frame_jumps_between_the_two(name):
 
 @pytest.mark.parametrize(("name", "expected"), [(rec.SMALL, "walker"), (rec.WALK, "jumper")])
 def test_auto_follows_the_most_prominent_person_without_jumps(name, expected):
-    boxes, statuses = trk.performer_boxes(rec.detections(name), trk.PersonChoice(), FPS)
+    boxes, statuses = trk.performer_boxes(rec.detections(name), pc.PersonChoice(), FPS)
     assert np.abs(np.diff(_centres(name, boxes, statuses))).max() < 0.03  # the official rule: > 0.3
     assert _labels(name, boxes, statuses) <= {expected, "?"}
     assert statuses.count("detected") > 0.8 * len(statuses)
@@ -49,15 +50,15 @@ def test_auto_follows_the_most_prominent_person_without_jumps(name, expected):
                           (rec.WALK, 1, "walker")])  # fmt: skip
 def test_index_picks_left_to_right_and_follows_that_person(name, index, expected):
     # first frame where both are seen: the man on the box is left of the walker in both videos
-    boxes, statuses = trk.performer_boxes(rec.detections(name), trk.PersonChoice("index", index), FPS)
+    boxes, statuses = trk.performer_boxes(rec.detections(name), pc.PersonChoice("index", index), FPS)
     assert _labels(name, boxes, statuses) <= {expected, "?"} and expected in _labels(name, boxes, statuses)
     assert np.abs(np.diff(_centres(name, boxes, statuses))).max() < 0.05
 
 
 def test_the_walker_is_followed_while_she_crosses_in_front_of_the_box():
     """Walk video, frames 120-150: her box passes under and across the man's (horizontal centres cross)."""
-    boxes, statuses = trk.performer_boxes(rec.detections(rec.WALK), trk.PersonChoice("index", 1), FPS)
-    jumper, _ = trk.performer_boxes(rec.detections(rec.WALK), trk.PersonChoice("index", 0), FPS)
+    boxes, statuses = trk.performer_boxes(rec.detections(rec.WALK), pc.PersonChoice("index", 1), FPS)
+    jumper, _ = trk.performer_boxes(rec.detections(rec.WALK), pc.PersonChoice("index", 0), FPS)
     cx = (boxes[:, 0] + boxes[:, 2]) / 2
     jx = (jumper[:, 0] + jumper[:, 2]) / 2
     assert cx[120] > jx[120] + 50 and cx[150] < jx[140] - 200  # they do cross
@@ -70,18 +71,18 @@ def test_point_and_box_pick_the_person_there():
     first = rec.detections(name)[0]
     jumper = next(d for d in first if rec.who(name, 0, d) == "jumper" and d[3] - d[1] > 150)
     x, y = (jumper[0] + jumper[2]) / 2, (jumper[1] + jumper[3]) / 2
-    for choice in (trk.PersonChoice("point", coords=(x, y)), trk.PersonChoice("box", coords=tuple(jumper[:4]))):
+    for choice in (pc.PersonChoice("point", coords=(x, y)), pc.PersonChoice("box", coords=tuple(jumper[:4]))):
         boxes, statuses = trk.performer_boxes(rec.detections(name), choice, FPS)
         assert _labels(name, boxes, statuses) == {"jumper"}
         assert np.abs(np.diff(_centres(name, boxes, statuses))).max() < 0.05
     with pytest.raises(InputError) as err:
-        trk.performer_boxes(rec.detections(name), trk.PersonChoice("point", coords=(5.0, 5.0)), FPS)
+        trk.performer_boxes(rec.detections(name), pc.PersonChoice("point", coords=(5.0, 5.0)), FPS)
     assert (err.value.code, err.value.field) == ("person_not_found", "person")
 
 
 def test_index_beyond_the_people_found_says_how_many():
     with pytest.raises(InputError) as err:
-        trk.performer_boxes(rec.detections(rec.SMALL), trk.PersonChoice("index", 2), FPS)
+        trk.performer_boxes(rec.detections(rec.SMALL), pc.PersonChoice("index", 2), FPS)
     assert (err.value.code, err.value.field) == ("person_not_found", "person")
     assert "2 people were found" in err.value.message and "0 to 1" in err.value.message
 
@@ -102,7 +103,7 @@ def test_one_person_gets_the_official_largest_person_box_in_every_frame(name, pe
     frames with nobody the official whole-frame fallback (score -1)."""
     width, height = rec.recorded(name)["width"], rec.recorded(name)["height"]
     dets = rec.only(name, person)
-    boxes, statuses = trk.performer_boxes(dets, trk.PersonChoice(), FPS)
+    boxes, statuses = trk.performer_boxes(dets, pc.PersonChoice(), FPS)
     single = [t for t, d in enumerate(dets) if len(d) == 1]
     assert len(single) > 0.4 * len(dets)
     for t in single:
@@ -122,7 +123,7 @@ def test_single_person_frames_of_the_two_person_video_match_the_official_choice(
     """Only the frames where the detector saw one person, in order: the largest-person box each time."""
     name = rec.WALK
     dets = [d for d in rec.detections(name) if len(d) == 1]
-    boxes, statuses = trk.performer_boxes(dets, trk.PersonChoice(), FPS)
+    boxes, statuses = trk.performer_boxes(dets, pc.PersonChoice(), FPS)
     assert statuses == ["detected"] * len(dets)
     np.testing.assert_array_equal(boxes, np.concatenate(dets))
 
@@ -132,7 +133,7 @@ def test_short_misses_are_bridged_by_the_same_track():
     dets = rec.detections(name)
     for t in range(30, 36):  # the walker missed for six frames
         dets[t] = dets[t][[rec.who(name, t, d) != "walker" for d in dets[t]]]
-    boxes, statuses = trk.performer_boxes(dets, trk.PersonChoice(), FPS)
+    boxes, statuses = trk.performer_boxes(dets, pc.PersonChoice(), FPS)
     assert statuses[30:36] == ["interpolated"] * 6 and _labels(name, boxes, statuses) == {"walker"}
     assert np.abs(np.diff(_centres(name, boxes, statuses))).max() < 0.03
 
@@ -156,41 +157,17 @@ def test_crossing_people_of_the_same_size_keep_their_identity(hidden):
         assert (steps > 0).all() or (steps < 0).all()
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("auto", trk.PersonChoice()), ("", trk.PersonChoice()), (None, trk.PersonChoice()), (" AUTO ", trk.PersonChoice()),
-    ("0", trk.PersonChoice("index", 0)), (2, trk.PersonChoice("index", 2)),
-    ("640,360", trk.PersonChoice("point", coords=(640.0, 360.0))),
-    (" 10.5, 20 ", trk.PersonChoice("point", coords=(10.5, 20.0))),
-    ("1,2,30,40", trk.PersonChoice("box", coords=(1.0, 2.0, 30.0, 40.0))),
-])  # fmt: skip
-def test_parse_person(value, expected):
-    assert trk.parse_person(value) == expected
-
-
-@pytest.mark.parametrize("value", ["left", "-1", "1.5", "1,2,3", "30,40,10,20", "-5,3", True, [1, 2]])
-def test_parse_person_rejects_with_the_fix(value):
-    with pytest.raises(InputError) as err:
-        trk.parse_person(value)
-    assert (err.value.code, err.value.field) == ("invalid_person", "person")
-    assert "auto" in err.value.message or "x2 > x1" in err.value.message
-
-
-def test_scale_choice_maps_source_pixels_to_resized_frames():
-    assert trk.scale_choice(trk.PersonChoice("point", coords=(100.0, 50.0)), 0.5, 0.25).coords == (50.0, 12.5)
-    assert trk.scale_choice(trk.PersonChoice("index", index=1), 0.5, 0.5) == trk.PersonChoice("index", index=1)
-
-
 def test_a_performer_who_leaves_and_comes_back_alone_is_followed_again():
     """Two people side by side for 1 s, nobody for 3 s, then one person alone: a new track (the gap is over
     MAX_GAP_SECONDS) that shares no frame with anyone else, so it is the performer again, not an absence."""
     a = np.array([100.0, 100, 200, 400, 0.9])
     b = np.array([500.0, 100, 600, 400, 0.8])
     frames = [np.stack([a, b])] * 30 + [np.zeros((0, 5))] * 90 + [(a + [20, 0, 20, 0, 0])[None]] * 30
-    boxes, statuses = trk.performer_boxes(frames, trk.PersonChoice("index", 0), FPS)
+    boxes, statuses = trk.performer_boxes(frames, pc.PersonChoice("index", 0), FPS)
     assert statuses[:30] == ["detected"] * 30 and statuses[120:] == ["detected"] * 30
     assert statuses[30:120] == ["absent"] * 90  # gap too long to interpolate: the nearest pose is used there
     np.testing.assert_array_equal(boxes[125], a + [20, 0, 20, 0, 0])
-    other, other_statuses = trk.performer_boxes(frames, trk.PersonChoice("index", 1), FPS)
+    other, other_statuses = trk.performer_boxes(frames, pc.PersonChoice("index", 1), FPS)
     assert other_statuses[120:] == ["absent"] * 30  # the one who comes back is not the other person
 
 
@@ -203,8 +180,8 @@ def test_two_people_at_every_frame_rate_and_each_followed(name, fps):
     dets = [rec.detections(name)[i] for i in idx]
     assert len(trk.people(trk.link_tracks(dets, fps), len(dets), fps)) == 2
     auto = "walker" if name == rec.SMALL else "jumper"
-    for choice, expected in ((trk.PersonChoice(), auto), (trk.PersonChoice("index", 0), "jumper"),
-                             (trk.PersonChoice("index", 1), "walker")):  # fmt: skip
+    for choice, expected in ((pc.PersonChoice(), auto), (pc.PersonChoice("index", 0), "jumper"),
+                             (pc.PersonChoice("index", 1), "walker")):  # fmt: skip
         boxes, statuses = trk.performer_boxes(dets, choice, fps)
         labels = {rec.who(name, t, boxes[k]) for k, t in enumerate(idx) if statuses[k] == "detected"}
         assert labels - {"?"} == {expected}, (choice, labels)

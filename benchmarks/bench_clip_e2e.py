@@ -53,6 +53,7 @@ def build_encoders() -> dict[str, Any]:
     the GPU, as WanAnimateModels keyword arguments (everything but the transformer)."""
     from diffusers import AutoencoderKLWan
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
+    from wan_animate.wan.conditioning import set_vae_layout
     from wan_animate.wan.models import build_tiny_tokenizer
 
     torch.manual_seed(1)
@@ -69,6 +70,7 @@ def build_encoders() -> dict[str, Any]:
     )  # fmt: skip
     image_encoder = on_gpu(lambda: CLIPVisionModel(clip_config), torch.float16).eval().requires_grad_(False)
     vae = on_gpu(lambda: AutoencoderKLWan(), torch.float32).eval().requires_grad_(False)
+    set_vae_layout(vae, "cuda")  # as place_models lays it out in the app
     return {
         "vae": vae,
         "text_encoder": text_encoder,
@@ -140,6 +142,7 @@ def main() -> int:
     sys.path.insert(0, str(APP_ROOT / "benchmarks"))
     import bench_forward
     from wan_animate.wan import GenerationOptions, generate
+    from wan_animate.wan.conditioning import set_vae_layout
 
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -180,6 +183,7 @@ def main() -> int:
         compile_s = time.perf_counter() - t  # compilation itself happens lazily, inside the first step
     if args.vae_bf16:
         models.vae.to(torch.bfloat16)
+        set_vae_layout(models.vae, "cuda")  # the bf16 VAE runs contiguous, as in the app
     if args.offload and not args.offload_first:
         from wan_animate.wan.offload import place_models
 
@@ -215,6 +219,7 @@ def main() -> int:
         for request in range(1, requests + 1):  # request 2..: the worker's caches (prompts, blank guide) warm
             if request > args.clips:
                 models.vae.to(torch.bfloat16)
+                set_vae_layout(models.vae, "cuda")  # the bf16 VAE runs contiguous, as in the app
                 setup = {**setup, "vae_dtype": "bf16"}
             timing = time_clip(models, cond, options, generate, video_frames)
             result = {**setup, "run": run, "request": request, **timing, "warmup_s": warmup_s}

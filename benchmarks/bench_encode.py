@@ -117,6 +117,7 @@ def main() -> int:
     reference_outs = None
     for label, dtype, use_cache, benchmark in runs:
         models.vae.to(dtype)
+        wc.set_vae_layout(models.vae, "cuda")  # the app's layout for this dtype
         torch.backends.cudnn.benchmark = benchmark
         seconds, outs = one_request(models, wc, args.frames, args.height, args.width, use_cache)
         row: dict[str, Any] = {"run": label, "seconds": seconds}

@@ -47,6 +47,7 @@ def full_runtime(setup: Any, work: Path, probe: Any = None) -> tuple[Any, dict[s
     import torch
     from wan_animate import worker
     from wan_animate.preprocess import load_preprocess_models
+    from wan_animate.wan.conditioning import set_vae_layout
 
     device = torch.device("cuda")
     seconds: dict[str, float] = {}
@@ -60,6 +61,7 @@ def full_runtime(setup: Any, work: Path, probe: Any = None) -> tuple[Any, dict[s
     wan_models = bench_clip_e2e.build_full_models(bench_forward)
     if setup.vae_bf16:
         wan_models.vae.to(torch.bfloat16)
+        set_vae_layout(wan_models.vae, device)  # the bf16 VAE runs contiguous, as in the app
     if setup.distill_lora:
         bench_clip_e2e.load_random_distill_lora(wan_models)
     torch.cuda.synchronize()

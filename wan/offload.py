@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from .conditioning import set_vae_layout
+
 if TYPE_CHECKING:
     from .models import WanAnimateModels
 
@@ -98,6 +100,7 @@ def place_models(models: WanAnimateModels, offload: Offload) -> None:
             module.to(models.device)
     else:
         raise ValueError(f"unknown offload {offload!r}")
+    set_vae_layout(models.vae, models.device)
     models.offload = offload
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_encode import log, rel_l2, timed, uint8_levels  # the same helpers as the whole-encoder bench
+from bench_encode import REPO_ROOT, log, rel_l2, timed, uint8_levels  # the same helpers as the whole-encoder bench
 
 VARIANTS = ("eager", "channels_last", "norms_compiled", "channels_last_norms_compiled", "eager_strict")
 
@@ -37,14 +37,13 @@ VARIANTS = ("eager", "channels_last", "norms_compiled", "channels_last_norms_com
 def set_variant(vae: torch.nn.Module, variant: str) -> torch.memory_format:
     """Put `vae` in `variant`'s layout and compile state (undoing the others); returns the inputs' memory format."""
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
+    from wan_animate.wan.conditioning import conv3d_weights_to
 
     channels_last = variant.startswith("channels_last")
     # torch's default runs cuDNN convolutions in TF32 (matmuls stay float32); `_strict` turns that off
     torch.backends.cudnn.allow_tf32 = not variant.endswith("_strict")
     memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
-    for param in vae.parameters():
-        if param.dim() == 5:  # Conv3d weights; nn.Module.to(memory_format=) also touches 4-D ones and refuses
-            param.data = param.data.contiguous(memory_format=memory_format)
+    conv3d_weights_to(vae, memory_format)
     for module in vae.modules():
         if isinstance(module, WanRMS_norm):
             if "norms_compiled" in variant:
@@ -65,6 +64,10 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="a small VAE on the CPU at 64x48x9 (the test suite)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out")) / "vae")
     args = parser.parse_args()
+    sys.path.insert(0, str(REPO_ROOT))
+    from local_runner import load_app_package
+
+    load_app_package()  # wan_animate: the app's own VAE weight layout helper
     from diffusers import AutoencoderKLWan
     from kernel_profile import profile_kernels
     from torch._dynamo.utils import counters

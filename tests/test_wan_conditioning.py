@@ -12,6 +12,7 @@ from wan_animate.wan.conditioning import (
     clean_prompt,
     clip_condition,
     clip_embedding,
+    conv3d_weights_to,
     encode_prompt,
     i2v_mask,
     pixels_from_uint8,
@@ -238,9 +239,7 @@ def test_cuda_vae_runs_channels_last_within_tf32_noise() -> None:
     video = pixels_from_uint8(tiny_conditioning(9, seed=5).pose_frames, cuda)
     z = torch.randn(1, 16, 3, 8, 8, device=cuda, generator=torch.Generator(cuda).manual_seed(0))
     latents_cl, frames_cl = vae_encode(models, video), vae_decode(models, z)
-    for param in models.vae.parameters():
-        if param.dim() == 5:
-            param.data = param.data.contiguous()
+    conv3d_weights_to(models.vae, torch.contiguous_format)
     latents, frames = vae_encode(models, video), vae_decode(models, z)
     assert ((latents_cl - latents).norm() / latents.norm()).item() < 1e-2
     assert ((frames_cl - frames).norm() / frames.norm()).item() < 1e-2

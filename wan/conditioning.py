@@ -105,13 +105,17 @@ def vae_memory_format(dtype: torch.dtype, device: torch.device | str) -> torch.m
     return torch.channels_last_3d if cuda and dtype == torch.float32 else torch.contiguous_format
 
 
+def conv3d_weights_to(vae: torch.nn.Module, memory_format: torch.memory_format) -> None:
+    """Store every Conv3d weight of `vae` in `memory_format` (nn.Module.to(memory_format=) refuses the 4-D ones)."""
+    for param in vae.parameters():
+        if param.dim() == 5:
+            param.data = param.data.contiguous(memory_format=memory_format)
+
+
 def set_vae_layout(vae: torch.nn.Module, device: torch.device | str) -> None:
     """Store the VAE's Conv3d weights in `vae_memory_format` for the device it runs on (wherever it sits now: an
     offloaded VAE keeps the layout when it moves). Call again after changing its dtype."""
-    memory_format = vae_memory_format(next(vae.parameters()).dtype, device)
-    for param in vae.parameters():
-        if param.dim() == 5:  # Conv3d weights (nn.Module.to(memory_format=) refuses the 4-D ones)
-            param.data = param.data.contiguous(memory_format=memory_format)
+    conv3d_weights_to(vae, vae_memory_format(next(vae.parameters()).dtype, device))
 
 
 def _input_format(vae: torch.nn.Module) -> torch.memory_format:

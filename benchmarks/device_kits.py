@@ -12,7 +12,7 @@ manylinux) and lays them out as benchmarks/README.md's chains expect:
 It also lists the folders in `.git/info/exclude`: an untracked folder that git does not ignore would travel with
 every call. A fresh checkout has none of them, so run this first:
 
-    python benchmarks/device_kits.py            # ~1 minute: 475 MB of wheels
+    python benchmarks/device_kits.py            # about 30 s: 475 MB of wheels from PyPI
 """
 
 from __future__ import annotations

@@ -53,8 +53,8 @@ def build_encoders() -> dict[str, Any]:
     the GPU, as WanAnimateModels keyword arguments (everything but the transformer)."""
     from diffusers import AutoencoderKLWan
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
-    from wan_animate.wan.conditioning import set_vae_layout
     from wan_animate.wan.models import build_tiny_tokenizer
+    from wan_animate.wan.vae_layout import set_vae_layout
 
     torch.manual_seed(1)
     # google/umt5-xxl encoder (what Wan-AI/Wan2.2-Animate-14B-Diffusers/text_encoder holds).
@@ -142,7 +142,7 @@ def main() -> int:
     sys.path.insert(0, str(APP_ROOT / "benchmarks"))
     import bench_forward
     from wan_animate.wan import GenerationOptions, generate
-    from wan_animate.wan.conditioning import set_vae_layout
+    from wan_animate.wan.vae_layout import set_vae_layout
 
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -96,6 +96,7 @@ def main() -> int:
     import bench_clip_e2e
     from wan_animate.wan import conditioning as wc
     from wan_animate.wan.models import WanAnimateModels
+    from wan_animate.wan.vae_layout import set_vae_layout
 
     t = time.perf_counter()
     models = WanAnimateModels(
@@ -117,7 +118,7 @@ def main() -> int:
     reference_outs = None
     for label, dtype, use_cache, benchmark in runs:
         models.vae.to(dtype)
-        wc.set_vae_layout(models.vae, "cuda")  # the app's layout for this dtype
+        set_vae_layout(models.vae, "cuda")  # the app's layout for this dtype
         torch.backends.cudnn.benchmark = benchmark
         seconds, outs = one_request(models, wc, args.frames, args.height, args.width, use_cache)
         row: dict[str, Any] = {"run": label, "seconds": seconds}

@@ -47,7 +47,7 @@ def full_runtime(setup: Any, work: Path, probe: Any = None) -> tuple[Any, dict[s
     import torch
     from wan_animate import worker
     from wan_animate.preprocess import load_preprocess_models
-    from wan_animate.wan.conditioning import set_vae_layout
+    from wan_animate.wan.vae_layout import set_vae_layout
 
     device = torch.device("cuda")
     seconds: dict[str, float] = {}

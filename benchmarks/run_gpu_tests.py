@@ -1,6 +1,6 @@
 """Run the CUDA tests of tests/test_wan_speed.py, test_wan_attention_kernels.py, test_wan_step_cache.py,
-test_wan_conditioning.py (the VAE's CUDA layout) and test_wan_parallel.py (2 GPUs: context parallel under torchrun)
-on a machine without the app's own dependencies (pydantic etc.).
+test_wan_vae_layout.py (the VAE's CUDA layout and padding) and test_wan_parallel.py (2 GPUs: context parallel under
+torchrun) on a machine without the app's own dependencies (pydantic etc.).
 
 tests/conftest.py imports the app's local runner; here the app folder is registered as package `wan_animate` by the
 same `local_runner.load_app_package` (it imports no pydantic), and pytest runs with --noconftest so only torch,
@@ -32,7 +32,7 @@ if __name__ == "__main__":
         "test_wan_speed.py",
         "test_wan_attention_kernels.py",
         "test_wan_step_cache.py",
-        "test_wan_conditioning.py",
+        "test_wan_vae_layout.py",
         "test_wan_parallel.py",
     )
     with tempfile.TemporaryDirectory(prefix="gpu-tests-") as folder:

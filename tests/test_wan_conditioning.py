@@ -12,15 +12,11 @@ from wan_animate.wan.conditioning import (
     clean_prompt,
     clip_condition,
     clip_embedding,
-    conv3d_weights_to,
     encode_prompt,
     i2v_mask,
     pixels_from_uint8,
     reference_condition,
-    set_vae_layout,
-    vae_decode,
     vae_encode,
-    vae_memory_format,
 )
 
 CPU = torch.device("cpu")
@@ -197,49 +193,3 @@ def test_replacement_guide_is_background_and_inverted_mask(models) -> None:
     guide = pixels_from_uint8(cond.background_frames, CPU)
     guide[:, :, :1] = 0
     torch.testing.assert_close(later[:, 4:], vae_encode(models, guide))
-
-
-def _conv_layouts(vae: torch.nn.Module) -> set[bool]:
-    """For each Conv3d weight of `vae` whose layouts differ: True where it is stored channels_last_3d."""
-    return {not p.is_contiguous() for p in vae.parameters() if p.dim() == 5 and p.shape[1] > 1 and p[0, 0].numel() > 1}
-
-
-def test_vae_layout_is_channels_last_for_float32_on_cuda_only() -> None:
-    assert vae_memory_format(torch.float32, "cuda") == torch.channels_last_3d
-    assert vae_memory_format(torch.bfloat16, "cuda") == torch.contiguous_format  # bf16: not measured
-    assert vae_memory_format(torch.float32, "cpu") == torch.contiguous_format
-    assert _conv_layouts(build_tiny_models().vae) == {False}  # place_models on the CPU: contiguous
-
-
-def test_channels_last_vae_gives_the_same_latents_and_frames() -> None:
-    """The layout a CUDA worker gets, run on the CPU: the inputs follow the weights' layout, the outputs come back
-    contiguous, and the float32 results equal the contiguous VAE's (to CPU rounding)."""
-    models = build_tiny_models(seed=3)
-    video = pixels_from_uint8(tiny_conditioning(9, seed=5).pose_frames, CPU)
-    z = torch.randn(1, 16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    latents, frames = vae_encode(models, video), vae_decode(models, z)
-    set_vae_layout(models.vae, "cuda")  # weights on the CPU, laid out for the CUDA device they would run on
-    assert _conv_layouts(models.vae) == {True}
-    latents_cl, frames_cl = vae_encode(models, video), vae_decode(models, z)
-    assert latents_cl.is_contiguous() and frames_cl.is_contiguous()
-    torch.testing.assert_close(latents_cl, latents, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(frames_cl, frames, rtol=1e-5, atol=1e-5)
-    models.vae.to(torch.bfloat16)
-    set_vae_layout(models.vae, "cuda")  # after a dtype change: bf16 runs contiguous
-    assert _conv_layouts(models.vae) == {False}
-
-
-@pytest.mark.gpu
-def test_cuda_vae_runs_channels_last_within_tf32_noise() -> None:
-    """On the GPU the float32 VAE is laid out channels_last by place_models; its latents and frames stay within
-    TF32 algorithm noise of the contiguous layout's (bench_vae measured 1e-3 rel. L2 at 720p)."""
-    cuda = torch.device("cuda")
-    models = build_tiny_models(seed=3, device=cuda)
-    assert _conv_layouts(models.vae) == {True}
-    video = pixels_from_uint8(tiny_conditioning(9, seed=5).pose_frames, cuda)
-    z = torch.randn(1, 16, 3, 8, 8, device=cuda, generator=torch.Generator(cuda).manual_seed(0))
-    latents_cl, frames_cl = vae_encode(models, video), vae_decode(models, z)
-    conv3d_weights_to(models.vae, torch.contiguous_format)
-    latents, frames = vae_encode(models, video), vae_decode(models, z)
-    assert ((latents_cl - latents).norm() / latents.norm()).item() < 1e-2
-    assert ((frames_cl - frames).norm() / frames.norm()).item() < 1e-2

@@ -99,6 +99,7 @@ def test_vae_matches_the_official_wan21_vae() -> None:
     from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
     from wan_animate.wan.conditioning import vae_decode, vae_encode
     from wan_animate.wan.models import WanAnimateModels
+    from wan_animate.wan.vae_layout import set_vae_layout
 
     vae_module = _official("wan.modules.vae2_1")
     torch.manual_seed(0)
@@ -107,6 +108,7 @@ def test_vae_matches_the_official_wan21_vae() -> None:
     _randomise(official, "gamma")
     ours = AutoencoderKLWan().eval()
     ours.load_state_dict(convert_wan_vae_to_diffusers({k: v.clone() for k, v in official.state_dict().items()}))
+    set_vae_layout(ours, "cpu")  # as the app runs it: causal convs padding inside the convolution
     mean, std = torch.tensor(ours.config.latents_mean), torch.tensor(ours.config.latents_std)
     scale = [mean, 1.0 / std]
     models = WanAnimateModels(None, ours, None, None, None, None, torch.float32, torch.device("cpu"))

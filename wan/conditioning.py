@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .vae_layout import input_memory_format
+
 if TYPE_CHECKING:
     from .models import WanAnimateModels
 
@@ -97,40 +99,12 @@ def _latent_stats(vae: torch.nn.Module, device: torch.device) -> tuple[torch.Ten
     return mean, 1.0 / std
 
 
-def vae_memory_format(dtype: torch.dtype, device: torch.device | str) -> torch.memory_format:
-    """The layout the VAE runs in on `device`: channels_last_3d (cuDNN's NDHWC convolutions) for float32 on CUDA,
-    where the 720p encode and decode ran ~10% faster at 1e-3 rel. L2 from the contiguous layout, a different TF32
-    algorithm (BENCHMARKS.md, "The VAE alone"); contiguous elsewhere (bf16 and the CPU were not measured)."""
-    cuda = torch.device(device).type == "cuda"
-    return torch.channels_last_3d if cuda and dtype == torch.float32 else torch.contiguous_format
-
-
-def conv3d_weights_to(vae: torch.nn.Module, memory_format: torch.memory_format) -> None:
-    """Store every Conv3d weight of `vae` in `memory_format` (nn.Module.to(memory_format=) refuses the 4-D ones)."""
-    for param in vae.parameters():
-        if param.dim() == 5:
-            param.data = param.data.contiguous(memory_format=memory_format)
-
-
-def set_vae_layout(vae: torch.nn.Module, device: torch.device | str) -> None:
-    """Store the VAE's Conv3d weights in `vae_memory_format` for the device it runs on (wherever it sits now: an
-    offloaded VAE keeps the layout when it moves). Call again after changing its dtype."""
-    conv3d_weights_to(vae, vae_memory_format(next(vae.parameters()).dtype, device))
-
-
-def _input_format(vae: torch.nn.Module) -> torch.memory_format:
-    """The layout of the VAE's weights (set_vae_layout), which its inputs should match."""
-    weight = vae.encoder.conv_in.weight  # (C_out, 3, 3, 3, 3)
-    channels_last = not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last_3d)
-    return torch.channels_last_3d if channels_last else torch.contiguous_format
-
-
 @torch.no_grad()
 def vae_encode(models: WanAnimateModels, video: torch.Tensor) -> torch.Tensor:
     """(1, 3, T, H, W) pixels -> (1, 16, 1 + (T - 1) // 4, H / 8, W / 8) float32 normalised latents (the mean)."""
     vae = models.vae
     vae_dtype = next(vae.parameters()).dtype
-    video = video.to(vae_dtype).contiguous(memory_format=_input_format(vae))
+    video = video.to(vae_dtype).contiguous(memory_format=input_memory_format(vae))
     mu = vae.encode(video).latent_dist.mode().float().contiguous()  # the transformer reads contiguous latents
     mean, inv_std = _latent_stats(vae, mu.device)
     return (mu - mean) * inv_std
@@ -142,7 +116,7 @@ def vae_decode(models: WanAnimateModels, latents: torch.Tensor) -> torch.Tensor:
     vae = models.vae
     vae_dtype = next(vae.parameters()).dtype
     mean, inv_std = _latent_stats(vae, latents.device)
-    z = (latents.float() / inv_std + mean).to(vae_dtype).contiguous(memory_format=_input_format(vae))
+    z = (latents.float() / inv_std + mean).to(vae_dtype).contiguous(memory_format=input_memory_format(vae))
     return vae.decode(z, return_dict=False)[0].float().contiguous().clamp(-1.0, 1.0)
 
 

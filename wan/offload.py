@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from .conditioning import set_vae_layout
+from .vae_layout import set_vae_layout
 
 if TYPE_CHECKING:
     from .models import WanAnimateModels

@@ -164,11 +164,14 @@ def test_first_clip_guide_is_encoded_once_per_shape_and_bit_identical() -> None:
     assert len(calls) == 5 and len(models.blank_guide_cache) == 2
 
 
-def test_worker_setup_fills_the_prompt_and_blank_guide_caches() -> None:
+def test_worker_setup_fills_the_prompt_and_blank_guide_caches_and_runs_clip() -> None:
     from wan_animate.wan.generate import DEFAULT_NEGATIVE_PROMPT, DEFAULT_PROMPT, warm_up_encoders
 
     models = build_tiny_models()
+    clip_calls = []
+    models.image_encoder.register_forward_hook(lambda module, args, out: clip_calls.append(out))
     warm_up_encoders(models, 64, 64, clip_len=9)
+    assert len(clip_calls) == 1  # CLIP's kernels loaded at setup, not in the first request
     assert set(models.prompt_cache) == {DEFAULT_PROMPT, DEFAULT_NEGATIVE_PROMPT}
     torch.testing.assert_close(models.prompt_cache[DEFAULT_PROMPT], encode_prompt(models, DEFAULT_PROMPT, CPU),
                                rtol=0, atol=0)  # fmt: skip

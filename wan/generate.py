@@ -356,7 +356,10 @@ def generate(
 def warm_up_encoders(models: WanAnimateModels, height: int, width: int, clip_len: int = 77) -> None:
     """At worker setup (all models on the device): encode the default prompts and the first clip's blank guide for
     the default request shape, so the first request does not pay them (both are then read from the models' caches,
-    bit-identical to encoding them again) and the text encoder's and VAE's kernels are loaded."""
+    bit-identical to encoding them again; the guide's encode also loads the VAE's kernels), and run CLIP once on a
+    grey image, its result dropped: a process's first CLIP call took 1.05 s against 0.01 s later (H200,
+    BENCHMARKS.md), kernel loading that the first request would otherwise pay."""
     device = models.device
     _prompt_embeddings(models, [DEFAULT_PROMPT, DEFAULT_NEGATIVE_PROMPT], device, "none")
     clip_condition(models, clip_len, height, width, device)
+    clip_embedding(models, np.full((height, width, 3), 128, np.uint8), device)  # a (H, W, 3) grey reference

@@ -1,6 +1,6 @@
 """How the app lays out the Wan VAE for the device it runs on: the Conv3d weights' memory format, and the lean causal
-convs and RMS norms of wan/vae_modules.py. Both keep diffusers' AutoencoderKLWan's math (to float32 rounding) and
-change only how memory is used, so they apply by default (issue 16's rule for defaults).
+convs and RMS norms of wan/vae_modules.py. Both keep diffusers' AutoencoderKLWan's math and change only how memory is
+used (and so the order of some roundings), so they apply by default (issue 16's rule for defaults).
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
-"""Two of diffusers' Wan VAE modules rebuilt to move less memory for the same math (the VAE is memory-bound at 720p).
+"""Two of diffusers' Wan VAE modules rebuilt to move less memory for the same math (at 720p half of the decode's GPU
+time was elementwise work and copies, BENCHMARKS.md "The VAE alone").
 
 - `InnerPaddedCausalConv3d`: diffusers' causal conv copies every input with `F.pad` (one pixel around H and W, and
   the front frames its causal cache does not supply) before convolving. Here the convolution pads H and W itself,
   with the same zeros, and only missing front frames are padded by hand; after a clip's first two chunks the cache
   supplies them all, so those calls copy nothing.
-- `LeanRMSNorm`: diffusers' RMS norm makes five passes over the activation after the norm's reduction (the divide,
-  the float scale, gamma, a zero bias; in bf16 also the casts to float32 and back). Here it is the divide and one
-  multiply by gamma * scale, in float32, rounded once to the input's dtype.
+- `LeanRMSNorm`: diffusers' RMS norm makes four full-size passes after the norm's reduction (the divide, the float
+  scale, gamma, a zero bias; in bf16 also casts to float32 and back). Here it is the divide and one multiply by
+  gamma * scale, in float32, then one cast back in bf16.
 
 `set_lean_modules` swaps them into a VAE (and back, for benches and tests), keeping the same Parameters.
 """
@@ -46,7 +47,8 @@ class InnerPaddedCausalConv3d(WanCausalConv3d):
 
 
 class LeanRMSNorm(WanRMS_norm):
-    """diffusers' WanRMS_norm, x / max(||x||, eps) * scale * gamma + bias, in two passes after the reduction.
+    """diffusers' WanRMS_norm, x / max(||x||, eps) * scale * gamma + bias, in two full-size passes after the reduction
+    (three in bf16 / fp16: the cast back).
 
     Float32 inputs differ from diffusers' by the order of one rounding (~1 ulp); bf16 / fp16 inputs are rounded once
     instead of three times, so they land closer to the float32 result.

@@ -8,9 +8,9 @@ weights, `process_checkpoint/sam2/sam2_hiera_large.pt`), loads them with the app
 
 1. animation mode, cold (the first request after loading: CUDA/cuDNN initialisation, onnxruntime's algorithm search);
 2. animation mode, warm (and again with the app's per-frame CPU thread pool off, `--serial-too`, default on CUDA);
-3. replacement mode (SAM2 hiera-large masks), SAM2 in float32 (the app's default, as official), then with TF32
-   matmuls and in bfloat16 (`--sam2-dtypes`), each warmed up on 4 frames first and compared with float32's raw
-   masks. Random weights make that agreement a rough guide only: real masks need the real weights to judge.
+3. replacement mode (SAM2 hiera-large masks), SAM2 in float32 (as official), then with TF32 matmuls (the app's
+   default on CUDA since 2026-12-08) and in bfloat16 (`--sam2-dtypes`), each warmed up on 4 frames first and compared
+   with float32's raw masks. Random weights make that agreement a rough guide only: real masks need the real weights to judge.
 
 Stages are timed by wrapping the pipeline's own functions (decode, detection, pose, face crops, skeleton drawing,
 resizing, SAM2, mask refinement, background; the skeletons are drawn when read, so each run draws them once after
@@ -217,7 +217,8 @@ def segmenter_in(segmenter: Any, precision: str) -> Any:
     import torch
 
     dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
-    return dataclasses.replace(segmenter, model=segmenter.model.to(dtype), dtype=dtype)  # .to() casts in place
+    model = segmenter.model.to(dtype)  # .to() casts in place
+    return dataclasses.replace(segmenter, model=model, dtype=dtype, matmul_tf32=precision == "tf32")
 
 
 @contextlib.contextmanager
@@ -236,19 +237,6 @@ def cpu_threads(count: int) -> Iterator[None]:
             os.environ[ENV_THREADS] = previous
 
 
-@contextlib.contextmanager
-def matmul_precision(precision: str) -> Iterator[None]:
-    """TF32 matmuls (torch's global switch) for the `tf32` precision only, restored afterwards."""
-    import torch
-
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
-
-
 # ---------------------------------------------------------------------------------------------------
 # main
 
@@ -262,7 +250,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grain", type=float, default=2.0, help="Gaussian grain (levels) added to the clip")
     parser.add_argument("--modes", default="animation,replacement")
     parser.add_argument("--sam2-dtypes", default=None,
-                        help="replacement runs, one per SAM2 precision: float32 (the app's), tf32, bfloat16 "
+                        help="replacement runs, one per SAM2 precision: float32 (official), tf32 (the app's), bfloat16 "
                              "(default: all three on CUDA, float32 on CPU)")
     parser.add_argument("--budget-s", type=float, default=420.0,
                         help="after this many seconds, skip the remaining extra runs (SAM2 precisions, throughput)")
@@ -383,11 +371,10 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"budget of {args.budget_s:.0f} s spent: skipping replacement with SAM2 {precision}")
                 continue
             models.segmenter = segmenter_in(loaded, precision)
-            with matmul_precision(precision):
-                if cuda:
-                    say(f"SAM2 {precision} warm-up (4 frames): {warm_up_segmenter(models.segmenter, clip)} s")
-                row, raw = run_preprocess(f"replacement, SAM2 {precision}", clip, replacement, models, cuda,
-                                          keep_masks=True)  # fmt: skip
+            if cuda:
+                say(f"SAM2 {precision} warm-up (4 frames): {warm_up_segmenter(models.segmenter, clip)} s")
+            row, raw = run_preprocess(f"replacement, SAM2 {precision}", clip, replacement, models, cuda,
+                                      keep_masks=True)  # fmt: skip
             if first_masks is None:
                 first_masks, first_name = raw, precision
             elif raw is not None:

@@ -17,10 +17,18 @@ transformers' defaults), binarised click masks for the memory encoder (transform
 to the model size with PIL bicubic as official (transformers' video processor uses bilinear), so we feed the
 session our own pixel values: kept as uint8 and normalised when read (sam2_session.py), a quarter of the memory of
 transformers' float32 frames (1.2 instead of 4.7 GiB for a 400-frame chunk), the same values.
+
+On CUDA the float32 model's matmuls run in TF32 while it segments (`tf32_matmuls`; the official predictor leaves
+torch's default, float32 matmuls, and both run the convolutions in TF32, torch's default for cuDNN). TF32 rounds
+products to 10 mantissa bits, finer than bf16's 7 (issue 16's bound for a default); on an H100 SAM2's 300 frames took
+24.3 s against 33.4 s, with 0.05% of raw mask pixels differing on random weights (BENCHMARKS.md, preprocessing), and
+the app's default mask is the dilated mask's box, which those boundary pixels rarely move.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,6 +54,22 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
+@contextmanager
+def tf32_matmuls(device: Any, enabled: bool = True) -> Iterator[None]:
+    """Float32 matmuls in TF32 on CUDA inside the block (torch's process-wide switch, restored after it)."""
+    import torch
+
+    if not enabled or getattr(device, "type", device) != "cuda":
+        yield
+        return
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
 class VideoSegmenter(Protocol):
     """Segments one object through a clip from positive clicks on some of its frames."""
 
@@ -63,6 +87,7 @@ class Sam2VideoSegmenter:
     device: Any  # torch.device the model runs on
     dtype: Any  # torch dtype of the model and the session
     fill_hole_area: int = FILL_HOLE_AREA
+    matmul_tf32: bool = True  # float32 matmuls in TF32 on CUDA (module docstring); False: the official float32
 
     @property
     def image_size(self) -> int:
@@ -118,7 +143,7 @@ class Sam2VideoSegmenter:
             session.add_new_frame(planes, index)
         processor = self._processor()
         logits: dict[int, np.ndarray] = {}
-        with torch.inference_mode():
+        with torch.inference_mode(), tf32_matmuls(self.device, self.matmul_tf32):
             for index in sorted(clicks):  # official: add_new_points on each key frame, then propagate
                 points = np.asarray(clicks[index], np.float32)
                 processor.add_inputs_to_inference_session(

@@ -1,5 +1,5 @@
 """SAM2: the original checkpoint's keys converted onto transformers (against the real key layout), loading the
-release file and transformers folders, the segmenter's pixels and hole filling."""
+release file and transformers folders, the segmenter's pixels and hole filling, its TF32 matmuls on CUDA."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from wan_animate.preprocess import sam2_checkpoint as C
 from wan_animate.preprocess import sam2_video as V
@@ -126,3 +127,38 @@ def test_uint8_frame_session_gives_the_logits_of_transformers_float_frames(monke
     for index in ours:
         np.testing.assert_array_equal(ours[index], reference[index])
     assert np.ptp(reference[1]) > 0  # on a clicked frame the random model's logits follow the image
+
+
+def test_tf32_matmuls_switch_on_cuda_only_and_restore():
+    """SAM2's float32 matmuls run in TF32 on CUDA (sam2_video's docstring); the process-wide switch is restored after
+    the block, on an error too, and never touched for the CPU or when the segmenter asks for the official float32."""
+    flag = torch.backends.cuda.matmul
+    assert flag.allow_tf32 is False  # torch's default, which the rest of the app (the transformer) runs under
+    with V.tf32_matmuls(torch.device("cuda")):
+        assert flag.allow_tf32 is True
+    assert flag.allow_tf32 is False
+    with pytest.raises(RuntimeError), V.tf32_matmuls(torch.device("cuda")):
+        raise RuntimeError("a failed segmentation")
+    assert flag.allow_tf32 is False
+    for device, enabled in ((torch.device("cpu"), True), (torch.device("cuda"), False)):
+        with V.tf32_matmuls(device, enabled):
+            assert flag.allow_tf32 is False
+
+
+def test_the_segmenter_runs_sam2_under_the_tf32_switch(monkeypatch):
+    """segment() enters tf32_matmuls with its device and setting around the model's calls."""
+    import contextlib
+
+    entered = []
+
+    @contextlib.contextmanager
+    def recording(device, enabled=True):
+        entered.append((str(device), enabled))
+        yield
+
+    monkeypatch.setattr(V, "tf32_matmuls", recording)
+    segmenter = V.tiny_sam2_video()
+    frames = np.zeros((2, 48, 64, 3), np.uint8)
+    masks = segmenter.segment(frames, {0: np.array([[32.0, 24.0]], np.float32)})
+    assert masks.shape == (2, 48, 64)
+    assert entered == [("cpu", True)]

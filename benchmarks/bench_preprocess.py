@@ -10,7 +10,8 @@ weights, `process_checkpoint/sam2/sam2_hiera_large.pt`), loads them with the app
 2. animation mode, warm (and again with the app's per-frame CPU thread pool off, `--serial-too`, default on CUDA);
 3. replacement mode (SAM2 hiera-large masks), SAM2 in float32 (as official), then with TF32 matmuls (the app's
    default on CUDA since 2026-12-08) and in bfloat16 (`--sam2-dtypes`), each warmed up on 4 frames first and compared
-   with float32's raw masks. Random weights make that agreement a rough guide only: real masks need the real weights to judge.
+   with float32's raw masks. Random weights make that agreement a rough guide only: real masks need the real weights
+   to judge.
 
 Stages are timed by wrapping the pipeline's own functions (decode, detection, pose, face crops, skeleton drawing,
 resizing, SAM2, mask refinement, background; the skeletons are drawn when read, so each run draws them once after
@@ -250,8 +251,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grain", type=float, default=2.0, help="Gaussian grain (levels) added to the clip")
     parser.add_argument("--modes", default="animation,replacement")
     parser.add_argument("--sam2-dtypes", default=None,
-                        help="replacement runs, one per SAM2 precision: float32 (official), tf32 (the app's), bfloat16 "
-                             "(default: all three on CUDA, float32 on CPU)")
+                        help="replacement runs, one per SAM2 precision: float32 (official), tf32 (the app's), "
+                             "bfloat16 (default: all three on CUDA, float32 on CPU)")
     parser.add_argument("--budget-s", type=float, default=420.0,
                         help="after this many seconds, skip the remaining extra runs (SAM2 precisions, throughput)")
     parser.add_argument("--no-cold", action="store_true", help="skip the cold animation run")

@@ -59,7 +59,7 @@ def tf32_matmuls(device: Any, enabled: bool = True) -> Iterator[None]:
     """Float32 matmuls in TF32 on CUDA inside the block (torch's process-wide switch, restored after it)."""
     import torch
 
-    if not enabled or getattr(device, "type", device) != "cuda":
+    if not enabled or torch.device(device).type != "cuda":
         yield
         return
     previous = torch.backends.cuda.matmul.allow_tf32

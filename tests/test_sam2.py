@@ -140,6 +140,8 @@ def test_tf32_matmuls_switch_on_cuda_only_and_restore():
     with pytest.raises(RuntimeError), V.tf32_matmuls(torch.device("cuda")):
         raise RuntimeError("a failed segmentation")
     assert flag.allow_tf32 is False
+    with V.tf32_matmuls("cuda:0"):  # a device given by name
+        assert flag.allow_tf32 is True
     for device, enabled in ((torch.device("cpu"), True), (torch.device("cuda"), False)):
         with V.tf32_matmuls(device, enabled):
             assert flag.allow_tf32 is False

@@ -130,6 +130,12 @@ def _upright(frame) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
+def _still_image_format(format_name: str) -> bool:
+    """True for FFmpeg's image readers (`image2`, `png_pipe`, `jpeg_pipe`, `webp_pipe`, ...) and GIF: with a single
+    frame, the file is a picture (a JPEG reads as a 0.04 s video at 25 fps)."""
+    return any(name in ("image2", "gif") or name.endswith("_pipe") for name in format_name.split(","))
+
+
 def probe_video(path: Path, field: str = VIDEO_FIELD) -> VideoInfo:
     """Frame count, rate, upright size, duration, timestamps and audio; InputError for unreadable or empty videos."""
     import av
@@ -142,6 +148,12 @@ def probe_video(path: Path, field: str = VIDEO_FIELD) -> VideoInfo:
         frames = len(raw)
         if frames == 0:
             raise InputError("empty_video", field, "the video has no frames; upload a video with at least one frame")
+        if frames == 1 and _still_image_format(container.format.name):
+            raise InputError(
+                "video_too_short", field,
+                f"is a still image ({stream.codec_context.name}), not a video; give the motion as a video file "
+                "(MP4, MOV, WebM or an animated GIF)",
+            )  # fmt: skip
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else float("nan")
         if not math.isfinite(fps) or fps <= 0:

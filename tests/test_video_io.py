@@ -40,6 +40,25 @@ def test_probe_detects_audio():
     assert (info.frames, info.width, info.height) == (72, 640, 360)
 
 
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp", ".gif"])
+def test_a_still_image_as_driving_video_is_a_clear_error(tmp_path, suffix):
+    """A picture uploaded as the driving video is named as one (FFmpeg reads a JPEG as a 0.04 s, 25 fps video)."""
+    path = tmp_path / f"still{suffix}"
+    Image.open(fixture_path("reference_grace_hopper.jpg")).convert("RGB").save(path)
+    with pytest.raises(InputError) as caught:
+        vdec.probe_video(path)
+    assert (caught.value.code, caught.value.field) == ("video_too_short", "driving_video")
+    assert "still image" in str(caught.value)
+
+
+def test_a_one_frame_mp4_is_still_a_video(tmp_path):
+    """Only pictures are refused: a one-frame MP4 probes as a video (the pipeline pads it to a clip)."""
+    single = tmp_path / "one.mp4"
+    subprocess.run([vio.ffmpeg_exe(), "-loglevel", "error", "-i", str(fixture_path("driving_two_people_3s_small.mp4")),
+                    "-frames:v", "1", "-an", str(single)], check=True)  # fmt: skip
+    assert vdec.probe_video(single).frames == 1
+
+
 def test_read_frames_returns_requested_rgb_frames():
     path = fixture_path("driving_two_people_3s_small.mp4")
     frames = vdec.read_frames(path, [0, 45, 89])

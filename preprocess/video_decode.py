@@ -136,6 +136,11 @@ def _still_image_format(format_name: str) -> bool:
     return any(name in ("image2", "gif") or name.endswith("_pipe") for name in format_name.split(","))
 
 
+def _picture_kind(codec: str) -> str:
+    """A picture codec's everyday name: mjpeg -> JPEG, png -> PNG."""
+    return "JPEG" if codec in ("mjpeg", "jpegls") else codec.upper()
+
+
 def probe_video(path: Path, field: str = VIDEO_FIELD) -> VideoInfo:
     """Frame count, rate, upright size, duration, timestamps and audio; InputError for unreadable or empty videos."""
     import av
@@ -151,8 +156,8 @@ def probe_video(path: Path, field: str = VIDEO_FIELD) -> VideoInfo:
         if frames == 1 and _still_image_format(container.format.name):
             raise InputError(
                 "video_too_short", field,
-                f"is a still image ({stream.codec_context.name}), not a video; give the motion as a video file "
-                "(MP4, MOV, WebM or an animated GIF)",
+                f"is a still image ({_picture_kind(stream.codec_context.name)}), not a video; give the motion as a "
+                "video file (MP4, MOV, WebM or an animated GIF)",
             )  # fmt: skip
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else float("nan")

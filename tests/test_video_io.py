@@ -48,7 +48,8 @@ def test_a_still_image_as_driving_video_is_a_clear_error(tmp_path, suffix):
     with pytest.raises(InputError) as caught:
         vdec.probe_video(path)
     assert (caught.value.code, caught.value.field) == ("video_too_short", "driving_video")
-    assert "still image" in str(caught.value)
+    kind = {".jpg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".gif": "GIF"}[suffix]
+    assert f"still image ({kind})" in str(caught.value)
 
 
 def test_a_one_frame_mp4_is_still_a_video(tmp_path):

@@ -5,6 +5,8 @@ frames (the official chunk is 400) from a click on frame 0, through `Sam2VideoSe
 `--session float` swaps in transformers' `Sam2VideoInferenceSession` fed the float32 frames (the app's code before
 the uint8 session). Each session runs in a fresh process (peak RSS is per process) and records the growth of peak
 RSS over the segmentation, the time it took, peak GPU memory, and its masks; the parent checks the masks are equal.
+Both run the segmenter's matmuls in TF32 on CUDA, the app's default since 2026-12-08 (the 2026-12-07 rows in
+BENCHMARKS.md ran them in float32).
 
     python benchmarks/bench_sam2_session.py --frames 400 --out out/sam2
 

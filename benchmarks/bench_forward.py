@@ -32,7 +32,8 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-RESOLUTIONS = {"480p": (480, 832), "720p": (720, 1280)}  # (height, width), landscape
+# (height, width): landscape, and the portrait 720p frame a 512x600 reference gives in animation mode (bench_run_job)
+RESOLUTIONS = {"480p": (480, 832), "720p": (720, 1280), "720p_portrait": (1024, 880)}
 NUM_FRAMES = 77
 
 # Mode name -> SpeedOptions fields (None: diffusers' default, nothing applied). FP8 modes go last: quantizing is
@@ -51,6 +52,9 @@ MODES: dict[str, dict[str, Any] | None] = {
     "fast_fa4": {"flash4_attention": True},
     # The same inside the denoising loop: the face motion features computed in an earlier step (wan/motion_cache.py).
     "fast_fa4_loop": {"flash4_attention": True, "reuse_motion": True},
+    # The same compiled for any frame size (dynamic shapes): with --then-shape, what a frame size that no warm-up
+    # compiled costs its first request, against the static graphs' recompile.
+    "fast_fa4_loop_dynamic": {"flash4_attention": True, "reuse_motion": True, "compile_dynamic": True},
     # FlashAttention-3's bf16 forward (PyPI fa3-fwd), against FlashAttention-4.
     "fast_fa3": {"fa3_attention": True},
     # FP8 self-attention: FlashAttention-3's FP8 forward (the app's attention "fp8"), cuDNN's FP8 kernel (earlier).
@@ -342,10 +346,20 @@ def _run_mode(
     return row, output
 
 
+def then_shape(model: torch.nn.Module, resolution: str, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """One first call (a recompile for static graphs) and one timed forward at another frame size, same model."""
+    first = speed.warmup(model, inputs)
+    return {"resolution": resolution, "first_call_s": round(first, 2),
+            "forward_s": round(time_forwards(model, inputs, 1)[0], 4)}  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--resolutions", default="480p,720p")
     parser.add_argument("--modes", default="all", help=f"comma list of {list(MODES)} or 'all'")
+    parser.add_argument("--then-shape", default=None, choices=list(RESOLUTIONS),
+                        help="after each compiled mode's run, one first call and one timed forward at this frame size "
+                             "on the same compiled model (no reset; motion features computed, not reused)")
     parser.add_argument("--reps", type=int, default=3, help="timed forwards per mode (after one warm-up)")
     parser.add_argument("--attention", default="", help="also time the attention kernels alone at these resolutions")
     parser.add_argument("--syncs", action="store_true", help="list host syncs in one forward per mode")
@@ -359,6 +373,7 @@ def main() -> int:
     resolutions = [r.strip() for r in args.resolutions.split(",") if r.strip()]
     modes = list(MODES) if args.modes == "all" else [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes + resolutions if m not in MODES and m not in RESOLUTIONS]
+    shapes = resolutions + ([args.then_shape] if args.then_shape and args.then_shape not in resolutions else [])
     if unknown:
         parser.error(f"unknown modes/resolutions: {unknown}")
 
@@ -382,9 +397,7 @@ def main() -> int:
     results["weights_gib"] = round(torch.cuda.memory_allocated() / 2**30, 1)
     log(f"built model: {results['params_billion']}B params, {results['weights_gib']} GiB, {results['build_s']} s")
 
-    inputs = {
-        r: speed.make_example_inputs(model.config, *RESOLUTIONS[r], NUM_FRAMES, device="cuda") for r in resolutions
-    }
+    inputs = {r: speed.make_example_inputs(model.config, *RESOLUTIONS[r], NUM_FRAMES, device="cuda") for r in shapes}
     results["motion_encoding_s"] = {r: round(time_motion_encoding(model, inputs[r]), 4) for r in resolutions}
     log(f"motion + face encoder per forward: {results['motion_encoding_s']}")
     references: dict[str, torch.Tensor] = {}
@@ -421,6 +434,8 @@ def main() -> int:
             row: dict[str, Any] = {"resolution": res, "mode": mode, "tokens": tokens}
             compiles = options is not None and options.compile_blocks
             estimate = (args.reps + 2) * last_forward_s[res] + (compile_s if compiles else 0.0)
+            if compiles and args.then_shape and args.then_shape != res:
+                estimate += compile_s + 2 * last_forward_s[res]
             elapsed = time.perf_counter() - started
             if elapsed + estimate > args.budget_s:
                 row["skipped"] = f"time budget: {elapsed:.0f} s used, ~{estimate:.0f} s needed"
@@ -437,6 +452,8 @@ def main() -> int:
                 use_fused_qkv(model, bool(MODES[mode] and MODES[mode].get("fuse_qkv")))
                 measured, output = run_mode(model, options, mode_inputs, reps, args.syncs, reuse, args.profile)
                 row.update(measured)
+                if compiles and args.then_shape and args.then_shape != res:
+                    row["then_shape"] = then_shape(model, args.then_shape, inputs[args.then_shape])
                 last_forward_s[res] = row["median_s"]
                 if compiles:
                     compile_s = max(5.0, row["first_call_s"] - row["median_s"])

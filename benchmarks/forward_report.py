@@ -70,6 +70,13 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {row['resolution']} | {row['mode']} | {row['median_s']:.3f} | {row.get('speedup', float('nan')):.2f}x"
             f" | {row['first_call_s']:.1f} | {row['peak_gib']:.1f} | {row.get('rel_l2', float('nan')):.2e} |"
         )
+    then = [row for row in results["runs"] if "then_shape" in row]
+    if then:
+        lines += ["", "| mode (compiled at) | then at | first call s | forward s |", "| --- | --- | --- | --- |"]
+        for row in then:
+            shape = row["then_shape"]
+            lines.append(f"| {row['mode']} ({row['resolution']}) | {shape['resolution']} | {shape['first_call_s']:.1f}"
+                         f" | {shape['forward_s']:.3f} |")  # fmt: skip
     if results.get("attention"):
         lines += [
             "",

@@ -185,6 +185,30 @@ def test_default_path_on_cpu_compiles_fullgraph_and_keeps_output():
     assert rel_l2(out, ref) < 1e-6
 
 
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_dynamic_compile_serves_a_second_frame_size_without_a_new_graph(dynamic: bool):
+    """compile_dynamic (a benchmark option): blocks compiled once run a second frame size (a portrait request after
+    the landscape warm-up) from the same graphs and give eager's output; static shapes trace new ones."""
+    from torch._dynamo.utils import counters
+
+    model = tiny_model()
+    landscape = tiny_inputs(model)
+    portrait = speed.make_example_inputs(model.config, 96, 64, num_frames=77, dtype=torch.float32, seed=2)
+    refs = [speed.run_forward(model, x) for x in (landscape, portrait)]
+    torch._dynamo.reset()
+    counters.clear()
+    options = speed.SpeedOptions(compile_backend="aot_eager", compile_dynamic=dynamic)
+    speed.apply_speed_options(model, options)
+    out_landscape = speed.run_forward(model, landscape)
+    graphs = counters["stats"]["unique_graphs"]
+    out_portrait = speed.run_forward(model, portrait)
+    new_graphs = counters["stats"]["unique_graphs"] - graphs
+    torch._dynamo.reset()
+    assert graphs > 0
+    assert (new_graphs == 0) if dynamic else (new_graphs > 0)
+    assert rel_l2(out_landscape, refs[0]) < 1e-5 and rel_l2(out_portrait, refs[1]) < 1e-5
+
+
 def test_eager_blocks_suspends_and_restores_every_compiled_block():
     model = tiny_model()
     count = speed.compile_blocks(model, backend="eager")

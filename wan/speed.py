@@ -63,6 +63,9 @@ class SpeedOptions:
         CPU implementation.
     compile_blocks: `torch.compile` the repeated blocks (regional compilation); pay the cost once with `warmup`.
     compile_backend / compile_mode: passed to `torch.compile` ("inductor" for speed; tests use "aot_eager").
+    compile_dynamic: compile the blocks for any frame size at once (dynamic shapes) instead of once per size; for
+        benchmarks: it would spare a request whose frame size no warm-up compiled (a portrait reference in animation
+        mode) its compile, at an unmeasured cost per step.
     fp8_linears: opt-in; torchao float8 dynamic activation + float8 weight, per-row scales, on every Linear of the
         40 DiT blocks (needs a CUDA GPU of compute capability >= 8.9 and torchao).
     fp8_granularity: "row" (the default: one scale per weight row and per activation token) or "tensor" (one scale
@@ -86,6 +89,7 @@ class SpeedOptions:
     compile_blocks: bool = True
     compile_backend: str = "inductor"
     compile_mode: str | None = None
+    compile_dynamic: bool = False
     fp8_linears: bool = False
     fp8_granularity: str = "row"
     flash4_attention: bool = False
@@ -139,7 +143,8 @@ def apply_speed_options(
 
         enable_context_parallel(transformer, options.context_parallel)
     if options.compile_blocks:
-        compile_blocks(transformer, backend=options.compile_backend, mode=options.compile_mode)
+        compile_blocks(transformer, backend=options.compile_backend, mode=options.compile_mode,
+                       dynamic=options.compile_dynamic)  # fmt: skip
     return transformer
 
 
@@ -156,16 +161,17 @@ def set_model_attention_backend(transformer: torch.nn.Module, backend: str) -> N
     _AttentionBackendRegistry.set_active_backend(previous)
 
 
-def compile_blocks(transformer: torch.nn.Module, backend: str = "inductor", mode: str | None = None) -> int:
-    """`torch.compile` every DiT block and face adapter in place (fullgraph, static shapes); returns how many.
+def compile_blocks(transformer: torch.nn.Module, backend: str = "inductor", mode: str | None = None,
+                   dynamic: bool = False) -> int:  # fmt: skip
+    """`torch.compile` every DiT block and face adapter in place (fullgraph); returns how many.
 
-    Static shapes: each new resolution compiles once more instead of falling back to slower dynamic-shape kernels.
-    Like diffusers' `compile_repeated_blocks`, plus the face adapters.
+    Static shapes by default: each new resolution compiles once more instead of falling back to dynamic-shape kernels
+    (`dynamic=True`: one graph for every size). Like diffusers' `compile_repeated_blocks`, plus the face adapters.
     """
     count = 0
     for module in transformer.modules():
         if type(module).__name__ in COMPILED_BLOCK_CLASSES:
-            module.compile(fullgraph=True, dynamic=False, backend=backend, mode=mode)
+            module.compile(fullgraph=True, dynamic=dynamic, backend=backend, mode=mode)
             count += 1
     if count == 0:
         raise ValueError(f"no {COMPILED_BLOCK_CLASSES} found in {type(transformer).__name__}")
